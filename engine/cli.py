@@ -1,0 +1,64 @@
+"""The `rules-engine` command line.
+
+Each command lives in its own module, which exposes `register(subparsers)`
+to declare its arguments and bind `args.run`, a function that returns the
+process exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from engine.errors import EngineError
+from engine.logging import configure_logging
+
+__all__ = ["main"]
+
+# Modules that each register one or more sub-commands, in help order.
+_COMMAND_MODULES = (
+    "engine.commands.replay",
+    "engine.commands.import_csv",
+    "engine.commands.build_demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every registered command."""
+    parser = argparse.ArgumentParser(
+        prog="rules-engine",
+        description="Event-time rules engine for Pub/Sub business events.",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
+        help="log format; 'auto' uses console on a terminal, JSON otherwise",
+    )
+    parser.add_argument("--log-level", default="info", help="minimum log level")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in _COMMAND_MODULES:
+        module = importlib.import_module(name)
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    try:
+        status: int = args.run(args)
+    except EngineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

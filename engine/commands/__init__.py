@@ -1,0 +1,1 @@
+"""Sub-commands of the `rules-engine` command line, one module each."""

@@ -1,0 +1,248 @@
+"""The event contract: CloudEvents 1.0 in structured JSON.
+
+`parse_event_line` turns one line of a recorded stream (or one Pub/Sub body)
+into an `Event`, or raises `EventRejected` with a stable reason code. The
+checks run in the order a person would fix them: size, JSON syntax, the
+envelope attributes, the time, then the type's data model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from engine.errors import EventRejected
+from engine.event_data import DATA_MODELS, describe_validation_error
+
+__all__ = [
+    "MAX_EVENT_BYTES",
+    "REJECT_REASONS",
+    "Event",
+    "event_from_mapping",
+    "format_time",
+    "parse_event_line",
+    "parse_time",
+]
+
+MAX_EVENT_BYTES = 1024 * 1024
+
+REJECT_REASONS = (
+    "too_large",
+    "invalid_json",
+    "duplicate_key",
+    "non_finite_number",
+    "not_an_object",
+    "missing_attribute",
+    "wrong_type",
+    "unsupported_specversion",
+    "time_without_zone",
+    "invalid_time",
+    "invalid_data",
+)
+
+_REQUIRED = ("specversion", "id", "source", "type", "time")
+_OPTIONAL_STRINGS = ("subject", "datacontenttype", "dataschema")
+
+
+@dataclass(slots=True)
+class Event:
+    """One accepted event; `ts` is its event time in epoch seconds."""
+
+    id: str
+    source: str
+    type: str
+    time: str
+    ts: float
+    data: dict[str, Any]
+    subject: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Return the event as a CloudEvents structured-mode mapping."""
+        mapping: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "time": self.time,
+        }
+        if self.subject is not None:
+            mapping["subject"] = self.subject
+        mapping.update(self.extra)
+        mapping["data"] = self.data
+        return mapping
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _pairs_to_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NonFinite(name)
+
+
+def _reject_big_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NonFinite(text)
+    return value
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_pairs_to_dict,
+    parse_constant=_reject_constant,
+    parse_float=_reject_big_float,
+)
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp that carries a zone.
+
+    Raises:
+        EventRejected: the text is not a timestamp, or it has no zone.
+    """
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise EventRejected(
+            "invalid_time", f"The time {text!r} is not an RFC 3339 timestamp."
+        ) from error
+    if moment.tzinfo is None:
+        raise EventRejected(
+            "time_without_zone",
+            f"The time {text!r} has no zone; add 'Z' or an offset such as +00:00.",
+        )
+    return moment
+
+
+def format_time(ts: float) -> str:
+    """Format epoch seconds as RFC 3339 UTC with millisecond precision."""
+    moment = datetime.fromtimestamp(ts, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_event_line(line: bytes | str) -> Event:
+    """Parse and check one structured-mode CloudEvent.
+
+    Raises:
+        EventRejected: the line is not an acceptable event; `reason` says why.
+    """
+    size = len(line.encode() if isinstance(line, str) else line)
+    if size > MAX_EVENT_BYTES:
+        raise EventRejected(
+            "too_large",
+            f"The event is {size} bytes; the limit is {MAX_EVENT_BYTES} bytes.",
+        )
+
+    try:
+        text = line.decode() if isinstance(line, bytes) else line
+        mapping = _DECODER.decode(text)
+    except _DuplicateKey as error:
+        raise EventRejected(
+            "duplicate_key", f"The key {error.args[0]!r} appears twice in one object."
+        ) from error
+    except _NonFinite as error:
+        raise EventRejected(
+            "non_finite_number",
+            f"The number {error.args[0]} is not finite; JSON events carry finite "
+            "numbers only.",
+        ) from error
+    except (UnicodeDecodeError, ValueError) as error:
+        raise EventRejected("invalid_json", f"The line is not valid JSON: {error}.") from error
+
+    return event_from_mapping(mapping)
+
+
+def event_from_mapping(mapping: Any) -> Event:
+    """Check a decoded CloudEvent mapping and build an `Event`.
+
+    Raises:
+        EventRejected: an attribute is missing or wrong, or the data is invalid.
+    """
+    if not isinstance(mapping, dict):
+        raise EventRejected(
+            "not_an_object", "The event is not a JSON object; each line holds one event."
+        )
+
+    # Envelope attributes
+    for name in _REQUIRED:
+        value = mapping.get(name)
+        if value is None:
+            raise EventRejected(
+                "missing_attribute", f"The event lacks the required attribute {name!r}."
+            )
+        if not isinstance(value, str) or not value:
+            raise EventRejected(
+                "wrong_type",
+                f"The attribute {name!r} must be a non-empty string, "
+                f"not {type(value).__name__}.",
+            )
+    if mapping["specversion"] != "1.0":
+        raise EventRejected(
+            "unsupported_specversion",
+            f"The specversion {mapping['specversion']!r} is not supported; use '1.0'.",
+        )
+    for name in _OPTIONAL_STRINGS:
+        value = mapping.get(name)
+        if value is not None and not isinstance(value, str):
+            raise EventRejected(
+                "wrong_type", f"The attribute {name!r} must be a string when present."
+            )
+
+    moment = parse_time(mapping["time"])
+    data = mapping.get("data", {})
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise EventRejected(
+            "wrong_type", "The attribute 'data' must be a JSON object when present."
+        )
+
+    # Data of a known type
+    event_type = mapping["type"]
+    model = DATA_MODELS.get(event_type)
+    if model is not None:
+        try:
+            model.model_validate(data)
+        except ValidationError as error:
+            detail = describe_validation_error(error.errors())  # type: ignore[arg-type]
+            raise EventRejected(
+                "invalid_data", f"The data of a {event_type} event is invalid: {detail}."
+            ) from error
+
+    extra = {
+        key: value
+        for key, value in mapping.items()
+        if key not in _REQUIRED and key not in ("data", "subject")
+    }
+    extra.pop("specversion", None)
+    return Event(
+        id=mapping["id"],
+        source=mapping["source"],
+        type=event_type,
+        time=mapping["time"],
+        ts=moment.timestamp(),
+        data=data,
+        subject=mapping.get("subject"),
+        extra=extra,
+    )
