@@ -168,7 +168,9 @@ def parse_event_line(line: bytes | str) -> Event:
             "numbers only.",
         ) from error
     except (UnicodeDecodeError, ValueError) as error:
-        raise EventRejected("invalid_json", f"The line is not valid JSON: {error}.") from error
+        raise EventRejected(
+            "invalid_json", f"The line is not valid JSON: {error}."
+        ) from error
 
     return event_from_mapping(mapping)
 
@@ -181,7 +183,8 @@ def event_from_mapping(mapping: Any) -> Event:
     """
     if not isinstance(mapping, dict):
         raise EventRejected(
-            "not_an_object", "The event is not a JSON object; each line holds one event."
+            "not_an_object",
+            "The event is not a JSON object; each line holds one event.",
         )
 
     # Envelope attributes
@@ -227,7 +230,8 @@ def event_from_mapping(mapping: Any) -> Event:
         except ValidationError as error:
             detail = describe_validation_error(error.errors())  # type: ignore[arg-type]
             raise EventRejected(
-                "invalid_data", f"The data of a {event_type} event is invalid: {detail}."
+                "invalid_data",
+                f"The data of a {event_type} event is invalid: {detail}.",
             ) from error
 
     extra = {

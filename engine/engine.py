@@ -1,0 +1,432 @@
+"""The engine: route each event through the rules and carry out the actions.
+
+One `Engine` owns one durable-rules matcher and must stay on one thread.
+It runs on event time: the clock is the latest event time seen, and timers
+(`for` durations, cooldown ends, trailing coalesced actions) fire when the
+clock passes them, before the event that moved it. The same events in the
+same order therefore give the same actions, whatever the wall clock says.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from pydantic import ValidationError
+
+from engine.actions import ActionRecord, Explanation, action_id
+from engine.compiler import compile_rules
+from engine.conditions import encode_value, read_path
+from engine.errors import EngineError
+from engine.events import Event, format_time
+from engine.loader import RuleSet
+from engine.matcher import Matcher
+from engine.rule_model import TierConfig
+from engine.rule_runtime import RuleRuntime, build_runtime
+from engine.templates import TemplateError, render
+from handlers.base import ActionRequest
+from handlers.registry import HandlerRegistry
+
+__all__ = ["Engine", "EngineStats", "EventView"]
+
+log = structlog.get_logger(__name__)
+
+# How often, in event time, idle keys, expired cooldowns and coalescing
+# entries are swept away; sweeping is linear in the number of keys.
+_SWEEP_INTERVAL = 60.0
+
+
+class EventView:
+    """An event as rules see it: dotted paths over its CloudEvent mapping."""
+
+    __slots__ = ("_mapping", "event", "id", "ts")
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self.id = event.id
+        self.ts = event.ts
+        self._mapping: dict[str, Any] | None = None
+
+    def mapping(self) -> dict[str, Any]:
+        """Return the event's attributes and data as one mapping."""
+        if self._mapping is None:
+            event = self.event
+            self._mapping = {
+                "id": event.id,
+                "type": event.type,
+                "source": event.source,
+                "time": event.time,
+                "subject": event.subject,
+                "data": event.data,
+            }
+        return self._mapping
+
+    def read(self, path: str) -> Any:
+        """Return the value at a dotted path, or None."""
+        if path.startswith("data."):
+            rest = path[5:]
+            if "." not in rest:
+                return self.event.data.get(rest)
+            return read_path(self.event.data, rest)
+        return read_path(self.mapping(), path)
+
+    def summary(self) -> dict[str, str]:
+        """Return the trigger reference that action records carry."""
+        return {"event_id": self.event.id, "type": self.event.type}
+
+
+@dataclass
+class EngineStats:
+    """Counters of one engine's work."""
+
+    processed: int = 0
+    duplicates: int = 0
+    emitted: int = 0
+    fires: Counter[str] = field(default_factory=Counter)
+    actions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    coalesced: Counter[str] = field(default_factory=Counter)
+    suppressed: Counter[str] = field(default_factory=Counter)
+    late: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def count_suppressed(self, rule: str) -> None:
+        """Count a firing held back by a cooldown."""
+        self.suppressed[rule] += 1
+
+    def count_late(self, rule: str) -> None:
+        """Count an event too old for a rule's window."""
+        self.late[rule] += 1
+
+    def count_skipped(self, rule: str) -> None:
+        """Count an event that lacked the value a rule aggregates."""
+        self.skipped[rule] += 1
+
+
+class _EngineContext:
+    """The `HandlerContext` handlers see."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def tier(self) -> str | None:
+        return self._engine.tier
+
+    @property
+    def tiers(self) -> dict[str, TierConfig]:
+        return self._engine.ruleset.tiers
+
+    @property
+    def state(self) -> _HandlerState:
+        return self._engine.handler_state
+
+    def emit(self, event_type: str, data: dict[str, Any], at: float) -> None:
+        self._engine.emit(event_type, data, at)
+
+
+class _HandlerState:
+    """Namespaced key/value state, saved with the engine's snapshot."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, Any]] = {}
+        self.dirty: set[tuple[str, str]] = set()
+
+    def get(self, namespace: str, key: str) -> Any:
+        return self.values.get(namespace, {}).get(key)
+
+    def set(self, namespace: str, key: str, value: Any) -> None:
+        self.values.setdefault(namespace, {})[key] = value
+        self.dirty.add((namespace, key))
+
+
+class Engine:
+    """Evaluate rules over events in event time and execute their actions."""
+
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        registry: HandlerRegistry | None = None,
+        on_action: Callable[[ActionRecord], None] | None = None,
+        dedup: bool = True,
+    ) -> None:
+        self.ruleset = ruleset
+        self.registry = registry or HandlerRegistry()
+        self.on_action = on_action
+        self.dedup = dedup
+        self.stats = EngineStats()
+        self.clock = float("-inf")
+        self.tier: str | None = ruleset.settings.initial_tier
+        self.handler_state = _HandlerState()
+        self.context = _EngineContext(self)
+        self.actions: list[ActionRecord] = []
+        self._timers: list[tuple[float, int, str, Any]] = []
+        self._timer_seq = itertools.count()
+        self._emitted: deque[Event] = deque()
+        self._emit_seq = itertools.count()
+        self._coalesce: dict[tuple[str, str], dict[str, Any]] = {}
+        self._seen_ids: dict[str, float] = {}
+        self._seen_order: deque[tuple[float, str]] = deque()
+        self._last_sweep = float("-inf")
+        self._current_action: str | None = None
+        self._build(ruleset)
+
+    def _build(self, ruleset: RuleSet) -> None:
+        compiled = compile_rules(ruleset)
+        self.matcher = Matcher(compiled.definition)
+        self.runtimes: dict[str, RuleRuntime] = {
+            loaded.spec.name: build_runtime(loaded, ruleset.version)
+            for loaded in ruleset.rules
+        }
+        # Per event type: fact paths, and durable name -> (runtime, role).
+        self._routes: dict[str, tuple[list[tuple[str, str]], dict[str, tuple[RuleRuntime, str]]]] = {}
+        for event_type, route in compiled.routes.items():
+            targets = {}
+            for durable_name in route.names:
+                rule_name, _, role = durable_name.partition("#")
+                targets[durable_name] = (self.runtimes[rule_name], role or "event")
+            self._routes[event_type] = (route.paths, targets)
+        self._plans: dict[Any, list[tuple[RuleRuntime, str]]] = {}
+
+    # Event intake
+
+    def process(self, event: Event) -> list[ActionRecord]:
+        """Process one accepted event; return the actions it caused."""
+        start = len(self.actions)
+        if self.dedup and self._is_duplicate(event):
+            self.stats.duplicates += 1
+            return []
+        self.advance_to(event.ts)
+        self._dispatch(event)
+        while self._emitted:
+            self._dispatch(self._emitted.popleft())
+        self.stats.processed += 1
+        return self.actions[start:]
+
+    def _is_duplicate(self, event: Event) -> bool:
+        seen = self._seen_ids
+        if event.id in seen:
+            return True
+        seen[event.id] = event.ts
+        self._seen_order.append((event.ts, event.id))
+        horizon = max(self.clock, event.ts) - self.ruleset.settings.dedup_retention
+        order = self._seen_order
+        while order and order[0][0] < horizon:
+            _, old = order.popleft()
+            if seen.get(old, horizon) < horizon:
+                del seen[old]
+        return False
+
+    def _dispatch(self, event: Event) -> None:
+        route = self._routes.get(event.type)
+        if route is None:
+            return
+        paths, targets = route
+        view = EventView(event)
+        values = tuple(encode_value(view.read(path)) for path, _ in paths)
+        key = (event.type, *(_hashable(v) for v in values))
+        plan = self._plans.get(key)
+        if plan is None:
+            fact: dict[str, Any] = {"k": "e", "t": event.type}
+            for (_, fact_key), value in zip(paths, values, strict=True):
+                if value is not None:
+                    fact[fact_key] = value
+            names = self.matcher.match(key, fact)
+            matched = [targets[name] for name in names if name in targets]
+            # Several rules matching one event all fire, highest priority
+            # first; within a correlation, `then` is checked before `first`
+            # so that one event cannot pair with itself.
+            matched.sort(key=lambda t: (t[0].rank, t[1] != "then"))
+            plan = matched
+            if len(self._plans) > 100_000:
+                self._plans.clear()
+            self._plans[key] = plan
+        for runtime, role in plan:
+            runtime.on_event(self, view, role)
+
+    def match_value(self, rule: str, value: float) -> tuple[str, ...]:
+        """Ask the matcher which value conditions of `rule` hold."""
+        return self.matcher.match(("v", rule, value), {"k": "v", "r": rule, "v": value})
+
+    # Time
+
+    def schedule(self, due: float, runtime: RuleRuntime | str, key: Any) -> None:
+        """Call the runtime's `on_timer(key, due)` once the clock reaches `due`."""
+        name = runtime if isinstance(runtime, str) else runtime.name
+        heapq.heappush(self._timers, (due, next(self._timer_seq), name, key))
+
+    def advance_to(self, ts: float) -> None:
+        """Move the clock forward to `ts`, firing every timer due on the way."""
+        if ts <= self.clock:
+            return
+        timers = self._timers
+        while timers and timers[0][0] <= ts:
+            due, _, name, key = heapq.heappop(timers)
+            self.clock = max(self.clock, due)
+            if name == "#coalesce":
+                self._flush_coalesced(key, due)
+            else:
+                runtime = self.runtimes.get(name)
+                if runtime is not None:
+                    runtime.on_timer(self, key, due)
+            while self._emitted:
+                self._dispatch(self._emitted.popleft())
+        self.clock = ts
+        if ts - self._last_sweep >= _SWEEP_INTERVAL:
+            self._sweep(ts)
+
+    def _sweep(self, now: float) -> None:
+        self._last_sweep = now
+        for runtime in self.runtimes.values():
+            runtime.sweep(now)
+        for key in [k for k, v in self._coalesce.items() if v["until"] < now and v["pending"] is None]:
+            del self._coalesce[key]
+
+    # Firing
+
+    def fire(
+        self,
+        runtime: RuleRuntime,
+        trigger: dict[str, str],
+        at: float,
+        context: dict[str, Any],
+        why: Explanation,
+        event_mapping: dict[str, Any] | None,
+    ) -> None:
+        """Carry out every action of a rule that fired."""
+        self.stats.fires[runtime.name] += 1
+        values = {
+            "rule": runtime.name,
+            "tier": self.tier,
+            "event": event_mapping or {},
+            "data": (event_mapping or {}).get("data", {}),
+            **context,
+        }
+        for position, spec in enumerate(runtime.spec.actions):
+            record = ActionRecord(
+                id=action_id(runtime.name, position, trigger.get("event_id", ""), at),
+                at=at,
+                rule=runtime.name,
+                action=spec.action,
+                params={},
+                trigger_id=trigger.get("event_id", ""),
+                trigger_type=trigger.get("type", ""),
+                why=why,
+            )
+            try:
+                record.params = render(spec.params, values)
+            except TemplateError as error:
+                record.outcome, record.error = "failed", str(error)
+                self._finish(record)
+                continue
+            interval = spec.coalesce
+            if interval is None:
+                interval = self.registry.handler_class(spec.action).default_coalesce
+            if interval and self._coalesced(record, runtime, interval):
+                continue
+            self._execute(record, runtime)
+
+    def _coalesced(self, record: ActionRecord, runtime: RuleRuntime, interval: float) -> bool:
+        """Hold back an action repeated within its interval; keep the last one."""
+        key = (record.action, orjson.dumps(record.params, option=orjson.OPT_SORT_KEYS).decode())
+        entry = self._coalesce.get(key)
+        if entry is None or record.at >= entry["until"]:
+            self._coalesce[key] = {"until": record.at + interval, "interval": interval, "pending": None}
+            return False
+        # Within the interval: remember the latest, run it when the interval
+        # ends, so the last change in a burst is never left unapplied.
+        if entry["pending"] is None:
+            self.schedule(entry["until"], "#coalesce", key)
+        entry["pending"] = (record, runtime.name)
+        self.stats.coalesced[record.rule] += 1
+        return True
+
+    def _flush_coalesced(self, key: tuple[str, str], due: float) -> None:
+        entry = self._coalesce.get(key)
+        if entry is None or entry["pending"] is None:
+            return
+        record, rule_name = entry["pending"]
+        entry["pending"] = None
+        entry["until"] = due + entry["interval"]
+        record.at = due
+        record.id = action_id(record.rule, -1, record.trigger_id, due)
+        runtime = self.runtimes.get(rule_name)
+        if runtime is not None:
+            self._execute(record, runtime)
+
+    def _execute(self, record: ActionRecord, runtime: RuleRuntime) -> None:
+        if runtime.spec.mode == "shadow":
+            record.outcome = "shadow"
+            self._finish(record)
+            return
+        handler = self.registry.get(record.action)
+        request = ActionRequest(
+            record.id,
+            record.rule,
+            record.action,
+            record.params,
+            record.at,
+            {"event_id": record.trigger_id, "type": record.trigger_type},
+        )
+        self._current_action = record.id
+        try:
+            params = handler.Params.model_validate(record.params)
+            record.result = handler.execute(request, params, self.context)
+            record.outcome = "ok"
+        except ValidationError as error:
+            record.outcome = "failed"
+            record.error = f"The rendered parameters are invalid: {error.errors()[0]['msg']}."
+        except EngineError as error:
+            record.outcome, record.error = "failed", str(error)
+        except Exception as error:  # a handler bug must not stop the engine
+            record.outcome, record.error = "failed", f"{type(error).__name__}: {error}"
+        finally:
+            self._current_action = None
+        if record.outcome == "failed":
+            log.warning("action failed", rule=record.rule, action_id=record.id, action=record.action, error=record.error)
+        self._finish(record)
+
+    def _finish(self, record: ActionRecord) -> None:
+        self.stats.actions[(record.action, record.outcome)] += 1
+        self.actions.append(record)
+        if self.on_action is not None:
+            self.on_action(record)
+
+    def emit(self, event_type: str, data: dict[str, Any], at: float) -> None:
+        """Queue an engine-made event, processed right after the current one."""
+        if event_type == "tier.changed":
+            self.tier = data.get("to", self.tier)
+        origin = self._current_action or f"seq{next(self._emit_seq)}"
+        event = Event(
+            id=f"{origin}:{event_type}",
+            source="rules-engine",
+            type=event_type,
+            time=format_time(at),
+            ts=at,
+            data=data,
+        )
+        self.stats.emitted += 1
+        self._emitted.append(event)
+
+    def take_actions(self) -> list[ActionRecord]:
+        """Return and forget the actions recorded so far."""
+        actions, self.actions = self.actions, []
+        return actions
+
+    def close(self) -> None:
+        """Free the matcher and close the handlers."""
+        self.matcher.close()
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, bool):
+        # True == 1 in Python; keep the cache key distinct.
+        return ("bool", value)
+    return value

@@ -1,0 +1,390 @@
+"""The rule language: pydantic models of one rule file.
+
+A rule file holds `rules:` and, in at most one file of a directory,
+`tiers:` (the platform tiers and their configuration) and `settings:`.
+`docs/rules.md` explains every construct with examples; the JSON Schema
+that editors use is generated from these models.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from engine.conditions import Condition, ConditionError, parse_condition
+from engine.durations import DurationError, parse_duration
+
+__all__ = [
+    "ActionSpec",
+    "Aggregate",
+    "Band",
+    "Classify",
+    "Correlate",
+    "CorrelationSide",
+    "RuleFile",
+    "RuleSpec",
+    "Settings",
+    "Threshold",
+    "TierConfig",
+]
+
+RULE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,79}$")
+
+
+def _to_seconds(value: Any) -> float:
+    try:
+        return parse_duration(value)
+    except DurationError as error:
+        hint = f" Hint: {error.hint}." if error.hint else ""
+        raise ValueError(f"{error}{hint}") from error
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_to_seconds),
+    PlainSerializer(lambda s: s, return_type=float),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d|w))+$",
+            "description": "A duration such as 500ms, 30s, 5m, 1h30m or 7d.",
+        }
+    ),
+]
+
+EventTypes = Annotated[
+    list[Annotated[str, Field(min_length=1)]],
+    BeforeValidator(lambda v: [v] if isinstance(v, str) else v),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            ],
+            "description": "One event type or a list of them.",
+        }
+    ),
+]
+
+ConditionField = Annotated[
+    dict[str, Any],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "description": (
+                "Field tests: a path such as data.amount mapped to a value "
+                "(equality) or to operators eq, ne, gt, gte, lt, lte, in, "
+                "exists, prefix, contains; 'all' and 'any' take lists."
+            ),
+        }
+    ),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ActionSpec(_Model):
+    """One action a rule runs when it fires."""
+
+    action: str = Field(description="Name of a registered handler.")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Handler parameters; strings may hold {{ path }} templates.",
+    )
+    coalesce: Duration | None = Field(
+        default=None,
+        description=(
+            "At most one action per distinct parameters per interval of event "
+            "time; the handler's default applies when absent."
+        ),
+    )
+
+
+class Aggregate(_Model):
+    """A value computed over a sliding window of event time."""
+
+    fn: Literal["count", "sum", "avg", "min", "max", "distinct", "latest", "balance"]
+    field: str | list[str] | None = Field(
+        default=None,
+        description="Path of the value; a list of paths is summed per event.",
+    )
+    window: Duration | None = None
+    by: str | None = Field(default=None, description="Path of the grouping key.")
+    plus: list[str] = Field(default_factory=list)
+    minus: list[str] = Field(default_factory=list)
+    resolution: Duration | None = Field(
+        default=None, description="Bucket width; window/60 (at least 1s) by default."
+    )
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> Aggregate:
+        needs_field = self.fn in ("sum", "avg", "min", "max", "distinct", "latest")
+        if needs_field and self.field is None:
+            raise ValueError(f"The aggregate {self.fn!r} needs a 'field'.")
+        if self.fn in ("count", "balance") and self.field is not None:
+            raise ValueError(f"The aggregate {self.fn!r} takes no 'field'.")
+        if self.fn == "balance" and not (self.plus or self.minus):
+            raise ValueError("The aggregate 'balance' needs 'plus' or 'minus' types.")
+        if self.fn != "balance" and (self.plus or self.minus):
+            raise ValueError("Only the aggregate 'balance' takes 'plus' and 'minus'.")
+        if self.fn not in ("balance", "latest") and self.window is None:
+            raise ValueError(f"The aggregate {self.fn!r} needs a 'window'.")
+        if self.window is not None and self.window <= 0:
+            raise ValueError("The window must be longer than zero.")
+        return self
+
+
+class Threshold(_Model):
+    """Fire when the aggregate crosses a bound, with hysteresis."""
+
+    above: float | None = None
+    below: float | None = None
+    clear_below: float | None = Field(
+        default=None, description="Re-arm only once the value falls below this."
+    )
+    clear_above: float | None = Field(
+        default=None, description="Re-arm only once the value rises above this."
+    )
+    for_: Duration | None = Field(
+        default=None, alias="for", description="The condition must hold this long."
+    )
+    repeat: Duration | None = Field(
+        default=None, description="Fire again every interval while it still holds."
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Threshold:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("A threshold needs exactly one of 'above' or 'below'.")
+        if self.above is not None:
+            if self.clear_above is not None:
+                raise ValueError("An 'above' threshold re-arms with 'clear_below'.")
+            if self.clear_below is not None and self.clear_below > self.above:
+                raise ValueError(
+                    f"clear_below {self.clear_below} is above the threshold "
+                    f"{self.above}, so the rule could never re-arm."
+                )
+        if self.below is not None:
+            if self.clear_below is not None:
+                raise ValueError("A 'below' threshold re-arms with 'clear_above'.")
+            if self.clear_above is not None and self.clear_above < self.below:
+                raise ValueError(
+                    f"clear_above {self.clear_above} is below the threshold "
+                    f"{self.below}, so the rule could never re-arm."
+                )
+        return self
+
+
+class Band(_Model):
+    """One band of a classification: values below `below` (or any, if last)."""
+
+    name: str
+    below: float | None = None
+
+
+class Classify(_Model):
+    """Place the aggregate in one of ordered bands, without flapping."""
+
+    bands: list[Band] = Field(min_length=2)
+    hysteresis: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Fraction by which a value must pass a boundary to move.",
+    )
+    for_: Duration | None = Field(
+        default=None, alias="for", description="A new band must hold this long."
+    )
+    initial: str | None = Field(default=None, description="Band before any data.")
+
+    @model_validator(mode="after")
+    def _check_bands(self) -> Classify:
+        names = [band.name for band in self.bands]
+        if len(set(names)) != len(names):
+            raise ValueError("Band names must be distinct.")
+        bounds = [band.below for band in self.bands]
+        if bounds[-1] is not None:
+            raise ValueError("The last band takes no 'below'; it holds the rest.")
+        if any(b is None for b in bounds[:-1]):
+            raise ValueError("Every band but the last needs 'below'.")
+        finite = [b for b in bounds[:-1] if b is not None]
+        if finite != sorted(finite) or len(set(finite)) != len(finite):
+            raise ValueError("Band bounds must rise strictly from first to last.")
+        if self.initial is not None and self.initial not in names:
+            raise ValueError(f"The initial band {self.initial!r} is not a band.")
+        return self
+
+
+class CorrelationSide(_Model):
+    """One side of a correlation: event types and an optional condition."""
+
+    on: EventTypes
+    when: ConditionField | None = None
+
+
+class Correlate(_Model):
+    """Fire when `then` follows `first` with the same key within a time."""
+
+    first: CorrelationSide
+    then: CorrelationSide
+    key: str = Field(description="Path of the key both events share.")
+    within: Duration
+    max_pending: int = Field(default=100_000, gt=0)
+
+
+class RuleSpec(_Model):
+    """One rule as written in a rule file."""
+
+    name: str
+    description: str | None = None
+    priority: int = Field(default=0, description="Higher fires first.")
+    mode: Literal["active", "shadow"] = "active"
+    on: EventTypes | None = None
+    when: ConditionField | None = None
+    aggregate: Aggregate | None = None
+    threshold: Threshold | None = None
+    classify: Classify | None = None
+    correlate: Correlate | None = None
+    cooldown: Duration | None = None
+    actions: list[ActionSpec] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not RULE_NAME.match(value):
+            raise ValueError(
+                f"The rule name {value!r} must be lower-case letters, digits, "
+                "'-', '_' or '.', starting with a letter or digit."
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> RuleSpec:
+        if self.correlate is not None:
+            if self.on is not None or self.when is not None or self.aggregate:
+                raise ValueError(
+                    "A correlation rule names its events in correlate.first and "
+                    "correlate.then, without 'on', 'when' or 'aggregate'."
+                )
+        elif self.on is None and not (
+            self.aggregate and self.aggregate.fn == "balance"
+        ):
+            raise ValueError("The rule needs 'on': the event types it reads.")
+        if (self.threshold or self.classify) and self.aggregate is None:
+            raise ValueError("'threshold' and 'classify' need an 'aggregate'.")
+        if self.threshold and self.classify:
+            raise ValueError("A rule takes either 'threshold' or 'classify', not both.")
+        if self.aggregate and not (self.threshold or self.classify):
+            raise ValueError("An aggregate rule needs a 'threshold' or 'classify'.")
+        return self
+
+    def parsed_when(self) -> Condition | None:
+        """Return the parsed `when` condition."""
+        return parse_condition(self.when) if self.when is not None else None
+
+    def event_types(self) -> list[str]:
+        """Return every event type the rule reads."""
+        if self.correlate is not None:
+            return [*self.correlate.first.on, *self.correlate.then.on]
+        types = list(self.on or [])
+        if self.aggregate is not None:
+            types += [t for t in (*self.aggregate.plus, *self.aggregate.minus)]
+        return list(dict.fromkeys(types))
+
+
+class FunctionsConfig(_Model):
+    memoryMb: int = Field(gt=0)
+    timeoutSeconds: int = Field(gt=0)
+    minInstances: int = Field(ge=0)
+    maxInstances: int = Field(gt=0)
+
+
+class FirestoreConfig(_Model):
+    readsPerSecond: int = Field(gt=0)
+    writesPerSecond: int = Field(gt=0)
+
+
+class StorageConfig(_Model):
+    bandwidthMbps: int = Field(gt=0)
+    sizeGb: int = Field(gt=0)
+
+
+class FeatureFlags(_Model):
+    caching: bool = False
+    cdn: bool = False
+    multiRegion: bool = False
+    sharding: bool = False
+    edgeComputing: bool = False
+
+
+class AlertThresholds(_Model):
+    responseTimeMs: float = Field(gt=0)
+    errorRate: float = Field(gt=0, le=1)
+    cpuPercent: float = Field(gt=0, le=100)
+
+
+class TierConfig(_Model):
+    """The resource and feature configuration of one platform tier."""
+
+    functions: FunctionsConfig
+    firestore: FirestoreConfig
+    storage: StorageConfig
+    features: FeatureFlags
+    alerts: AlertThresholds
+
+    @model_validator(mode="after")
+    def _check_instances(self) -> TierConfig:
+        if self.functions.minInstances > self.functions.maxInstances:
+            raise ValueError("minInstances is above maxInstances.")
+        return self
+
+
+class Settings(_Model):
+    """Engine settings that rule files may set."""
+
+    initial_tier: str | None = None
+    state_retention: Duration = 30 * 86400.0
+    dedup_retention: Duration = 7 * 86400.0
+
+
+class RuleFile(_Model):
+    """The content of one rule file."""
+
+    version: Literal[1] = 1
+    settings: Settings | None = None
+    tiers: dict[str, TierConfig] | None = None
+    rules: list[RuleSpec] = Field(default_factory=list)
+
+
+def check_conditions(rule: RuleSpec) -> list[tuple[tuple[str | int, ...], str]]:
+    """Return (location, message) for every malformed condition of a rule."""
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    sides: list[tuple[tuple[str | int, ...], dict[str, Any] | None]] = [
+        (("when",), rule.when)
+    ]
+    if rule.correlate is not None:
+        sides += [
+            (("correlate", "first", "when"), rule.correlate.first.when),
+            (("correlate", "then", "when"), rule.correlate.then.when),
+        ]
+    for where, raw in sides:
+        if raw is None:
+            continue
+        try:
+            parse_condition(raw, where)
+        except ConditionError as error:
+            found.append((error.path, str(error)))
+    return found

@@ -1,0 +1,186 @@
+"""Sliding windows of event time, kept as buckets.
+
+A window of width W with resolution R keeps at most W/R + 1 buckets, so its
+memory does not depend on the event rate. Values follow the window's end
+(`now`, the engine's event-time clock): an event older than `now - W` is
+too late to count and is reported as such.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+__all__ = ["SlidingWindow", "default_resolution"]
+
+
+def default_resolution(window: float) -> float:
+    """Return the bucket width for a window: 1/60 of it, at least one second."""
+    return max(1.0, window / 60.0)
+
+
+class SlidingWindow:
+    """Count, sum, average, minimum, maximum, distinct count or latest value."""
+
+    __slots__ = (
+        "_buckets",
+        "_count",
+        "_distinct",
+        "_distinct_order",
+        "_sum",
+        "fn",
+        "latest",
+        "latest_ts",
+        "recent",
+        "resolution",
+        "width",
+    )
+
+    def __init__(self, fn: str, width: float | None, resolution: float | None) -> None:
+        self.fn = fn
+        self.width = width
+        self.resolution = resolution or (default_resolution(width) if width else 1.0)
+        # Buckets: [index, count, sum, min, max], oldest first.
+        self._buckets: deque[list[Any]] = deque()
+        self._count = 0
+        self._sum = 0.0
+        self._distinct: dict[Any, float] = {}
+        self._distinct_order: deque[tuple[float, Any]] = deque()
+        self.latest: float | None = None
+        self.latest_ts = -math.inf
+        # Ids of the last events that counted, for explanations.
+        self.recent: deque[str] = deque(maxlen=10)
+
+    def add(self, ts: float, value: Any, now: float, event_id: str) -> bool:
+        """Count one event; return False if it is too late for the window."""
+        width = self.width
+        if width is not None and ts <= now - width:
+            return False
+        self.recent.append(event_id)
+        fn = self.fn
+        if fn == "latest":
+            if ts >= self.latest_ts:
+                self.latest, self.latest_ts = value, ts
+            return True
+        if fn == "distinct":
+            self._distinct[value] = max(ts, self._distinct.get(value, -math.inf))
+            self._distinct_order.append((ts, value))
+            return True
+        if width is None:
+            # An unbounded running total (balance without a window).
+            self._count += 1
+            self._sum += value
+            return True
+
+        index = int(ts // self.resolution)
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == index:
+            bucket = buckets[-1]
+        elif not buckets or buckets[-1][0] < index:
+            bucket = [index, 0, 0.0, value, value]
+            buckets.append(bucket)
+        else:
+            bucket = self._find_bucket(index, value)
+        bucket[1] += 1
+        bucket[2] += value
+        if value < bucket[3]:
+            bucket[3] = value
+        if value > bucket[4]:
+            bucket[4] = value
+        self._count += 1
+        self._sum += value
+        return True
+
+    def _find_bucket(self, index: int, value: Any) -> list[Any]:
+        # A late event inside the window: rare, so a linear search is fine.
+        for position, bucket in enumerate(self._buckets):
+            if bucket[0] == index:
+                return bucket
+            if bucket[0] > index:
+                created = [index, 0, 0.0, value, value]
+                self._buckets.insert(position, created)
+                return created
+        created = [index, 0, 0.0, value, value]
+        self._buckets.append(created)
+        return created
+
+    def expire(self, now: float) -> None:
+        """Drop what has left the window at time `now`."""
+        width = self.width
+        if width is None:
+            return
+        horizon = now - width
+        if self.fn == "distinct":
+            order, seen = self._distinct_order, self._distinct
+            while order and order[0][0] <= horizon:
+                ts, value = order.popleft()
+                if seen.get(value) == ts:
+                    del seen[value]
+            return
+        # A bucket leaves once its whole span is at or before the horizon.
+        limit = math.floor(horizon / self.resolution)
+        buckets = self._buckets
+        while buckets and buckets[0][0] < limit:
+            _, count, total, _, _ = buckets.popleft()
+            self._count -= count
+            self._sum -= total
+        if not buckets:
+            self._count, self._sum = 0, 0.0
+
+    def value(self, now: float) -> float | None:
+        """Return the aggregate at time `now`, or None when there is no data."""
+        self.expire(now)
+        fn = self.fn
+        if fn == "count":
+            return float(self._count)
+        if fn == "sum":
+            return self._sum if self._count else 0.0
+        if fn == "balance":
+            return self._sum
+        if fn == "avg":
+            return self._sum / self._count if self._count else None
+        if fn == "distinct":
+            return float(len(self._distinct))
+        if fn == "latest":
+            if self.width is not None and self.latest_ts <= now - self.width:
+                return None
+            return self.latest
+        if not self._buckets:
+            return None
+        if fn == "max":
+            return float(max(b[4] for b in self._buckets))
+        return float(min(b[3] for b in self._buckets))
+
+    def is_empty(self) -> bool:
+        """Tell whether the window holds nothing (after expiry)."""
+        if self.fn == "distinct":
+            return not self._distinct
+        if self.fn == "latest":
+            return self.latest is None
+        return self._count == 0 and not self._buckets
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the window's content as JSON-compatible data."""
+        return {
+            "b": [list(b) for b in self._buckets],
+            "c": self._count,
+            "s": self._sum,
+            "d": [[ts, v] for ts, v in self._distinct_order],
+            "l": self.latest,
+            "lt": self.latest_ts if self.latest is not None else None,
+            "r": list(self.recent),
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Load content saved by `snapshot`."""
+        self._buckets = deque(list(b) for b in data["b"])
+        self._count = data["c"]
+        self._sum = data["s"]
+        self._distinct_order = deque((ts, v) for ts, v in data["d"])
+        self._distinct = {}
+        for ts, v in self._distinct_order:
+            self._distinct[v] = max(ts, self._distinct.get(v, -math.inf))
+        self.latest = data["l"]
+        self.latest_ts = data["lt"] if data["lt"] is not None else -math.inf
+        self.recent = deque(data["r"], maxlen=10)

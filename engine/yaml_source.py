@@ -1,0 +1,113 @@
+"""Read YAML while remembering where each value sits in the file.
+
+Operations staff fix rule files from error messages, so every message needs
+the line and column of the value it is about. PyYAML's node tree has those
+marks; `load_with_marks` builds plain Python values and a map from each
+value's path (keys and list indexes) to its position.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+__all__ = ["Marks", "YamlSyntaxError", "load_with_marks"]
+
+Path = tuple[str | int, ...]
+
+
+class YamlSyntaxError(ValueError):
+    """The text is not well-formed YAML, or a mapping repeats a key."""
+
+    def __init__(self, message: str, line: int, column: int) -> None:
+        super().__init__(message)
+        self.line = line
+        self.column = column
+
+
+class Marks:
+    """Positions (1-based line and column) of values by their path."""
+
+    def __init__(self) -> None:
+        self._positions: dict[Path, tuple[int, int]] = {}
+
+    def add(self, path: Path, node: yaml.Node) -> None:
+        """Record where the value at `path` starts."""
+        self._positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def locate(self, path: Path) -> tuple[int, int]:
+        """Return the position of `path`, or of its nearest known ancestor."""
+        for end in range(len(path), -1, -1):
+            found = self._positions.get(tuple(path[:end]))
+            if found is not None:
+                return found
+        return (1, 1)
+
+
+class _Constructor(yaml.constructor.SafeConstructor):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """A safe loader whose booleans are only true and false.
+
+    YAML 1.1 reads `on`, `off`, `yes` and `no` as booleans, and `on` is a
+    key of the rule language.
+    """
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _build(node: yaml.Node, path: Path, marks: Marks, constructor: _Constructor) -> Any:
+    marks.add(path, node)
+    if isinstance(node, yaml.MappingNode):
+        constructor.flatten_mapping(node)
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = constructor.construct_object(key_node, deep=True)
+            if key in result:
+                raise YamlSyntaxError(
+                    f"The key {key!r} appears twice in one mapping.",
+                    key_node.start_mark.line + 1,
+                    key_node.start_mark.column + 1,
+                )
+            result[key] = _build(value_node, (*path, key), marks, constructor)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _build(item, (*path, index), marks, constructor)
+            for index, item in enumerate(node.value)
+        ]
+    return constructor.construct_object(node, deep=True)
+
+
+def load_with_marks(text: str) -> tuple[Any, Marks]:
+    """Parse YAML text into Python values and their positions.
+
+    Raises:
+        YamlSyntaxError: the text is not valid YAML or repeats a key.
+    """
+    marks = Marks()
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        line = mark.line + 1 if mark else 1
+        column = mark.column + 1 if mark else 1
+        raise YamlSyntaxError(
+            f"The file is not valid YAML: {error.problem}.", line, column
+        ) from error
+    if node is None:
+        return None, marks
+    constructor = _Constructor()
+    return _build(node, (), marks, constructor), marks

@@ -1,0 +1,71 @@
+"""`change_tier`: move the platform to another tier and apply its configuration.
+
+The current tier lives in the handler state (`system_config/tier`) with its
+history; a change emits `tier.changed` back into the engine so that rules
+may react to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.errors import HandlerError
+from handlers.base import ActionRequest, Handler, HandlerContext
+
+__all__ = ["ChangeTierHandler"]
+
+NAMESPACE = "system_config"
+
+
+class ChangeTierParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(min_length=1)
+    reason: str = ""
+
+
+class ChangeTierHandler(Handler):
+    """Apply a tier's configuration and announce the change."""
+
+    name: ClassVar[str] = "change_tier"
+    Params = ChangeTierParams
+
+    def execute(
+        self, request: ActionRequest, params: Any, context: HandlerContext
+    ) -> dict[str, Any]:
+        """Switch tiers; a change to the current tier does nothing."""
+        if params.to not in context.tiers:
+            known = ", ".join(context.tiers) or "none"
+            raise HandlerError(
+                f"The tier {params.to!r} is not configured; the rule files define: "
+                f"{known}."
+            )
+        previous = context.tier
+        if previous == params.to:
+            return {"changed": False, "tier": previous}
+
+        config = context.tiers[params.to].model_dump(mode="json")
+        context.state.set(
+            NAMESPACE,
+            "tier",
+            {
+                "tier": params.to,
+                "previous": previous,
+                "at": request.at,
+                "config": config,
+            },
+        )
+        history = context.state.get(NAMESPACE, "tier_history") or []
+        history = [
+            *history[-99:],
+            {"from": previous, "to": params.to, "at": request.at},
+        ]
+        context.state.set(NAMESPACE, "tier_history", history)
+        context.emit(
+            "tier.changed",
+            {"from": previous, "to": params.to, "reason": params.reason},
+            request.at,
+        )
+        return {"changed": True, "from": previous, "to": params.to, "config": config}
