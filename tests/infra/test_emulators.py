@@ -141,11 +141,15 @@ def test_command_line_start_and_stop(tmp_path: Path) -> None:
             check=False,
         )
 
-    started = run("start")
-    state = _state(tmp_path)
-    status = run("status")
-    stopped = run("stop")
-    after = run("status")
+    try:
+        started = run("start")
+        state = _state(tmp_path)
+        status = run("status")
+        stopped = run("stop")
+        after = run("status")
+    finally:
+        # Whatever the CLI left behind if a step above failed.
+        stop_emulators(tmp_path)
 
     groups = {record["pid"] for record in state.values() if record["started"]}
     assert started.returncode == 0, started.stderr
