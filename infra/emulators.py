@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,12 +119,21 @@ class EmulatorEndpoints:
 
 
 def start_emulators(
-    state_dir: Path = DEFAULT_STATE_DIR, services: Collection[str] = ALL_SERVICES
+    state_dir: Path = DEFAULT_STATE_DIR,
+    services: Collection[str] = ALL_SERVICES,
+    *,
+    redis_port: int = REDIS_PORT,
 ) -> EmulatorEndpoints:
     """Start the requested backends and record them in `state_dir`.
 
     Backends recorded by an earlier `start` that still answer are reused;
     a stale record is cleaned up first.
+
+    Args:
+        state_dir: where to write `state.json` and the `env` file.
+        services: any of "pubsub", "firestore" and "redis".
+        redis_port: the loopback port where Redis is used, or started if
+            nothing answers there.
 
     Raises:
         EmulatorError: a backend did not answer within its start timeout.
@@ -138,20 +147,23 @@ def start_emulators(
     state_dir.mkdir(parents=True, exist_ok=True)
     previous = _read_state(state_dir)
     if previous is not None:
-        if set(previous) == set(services) and _all_answering(previous):
+        same_redis = previous.get("redis", {}).get("port", redis_port) == redis_port
+        if set(previous) == set(services) and same_redis and _all_answering(previous):
             log.info("emulators already running", state_dir=str(state_dir))
             return _endpoints(previous)
         stop_emulators(state_dir)
 
     # Launch both Java emulators before waiting, so their start-ups overlap.
+    java_services = [name for name in ("pubsub", "firestore") if name in services]
     state: dict[str, dict[str, Any]] = {}
     try:
-        for name in ("pubsub", "firestore"):
-            if name in services:
-                state[name] = _launch_gcloud_emulator(name)
-                _write_state(state_dir, state)
+        for name, port in zip(
+            java_services, _free_ports(len(java_services)), strict=True
+        ):
+            state[name] = _launch_gcloud_emulator(name, port)
+            _write_state(state_dir, state)
         if "redis" in services:
-            state["redis"] = _ensure_redis()
+            state["redis"] = _ensure_redis(redis_port)
             _write_state(state_dir, state)
         for name, record in state.items():
             _wait_until_answering(name, record)
@@ -206,7 +218,10 @@ def emulator_status(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any]:
 
 @contextmanager
 def running_emulators(
-    state_dir: Path | None = None, services: Collection[str] = ALL_SERVICES
+    state_dir: Path | None = None,
+    services: Collection[str] = ALL_SERVICES,
+    *,
+    redis_port: int = REDIS_PORT,
 ) -> Iterator[EmulatorEndpoints]:
     """Run the requested backends for the duration of a `with` block.
 
@@ -214,7 +229,7 @@ def running_emulators(
     """
     with tempfile.TemporaryDirectory(prefix="emulators-") as scratch:
         directory = state_dir if state_dir is not None else Path(scratch)
-        endpoints = start_emulators(directory, services)
+        endpoints = start_emulators(directory, services, redis_port=redis_port)
         try:
             yield endpoints
         finally:
@@ -224,8 +239,7 @@ def running_emulators(
 # Starting
 
 
-def _launch_gcloud_emulator(name: str) -> dict[str, Any]:
-    port = _free_port()
+def _launch_gcloud_emulator(name: str, port: int) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix=f"{name}-emulator-"))
     gcloud_config = data_dir / "gcloud-config"
     gcloud_config.mkdir()
@@ -254,11 +268,11 @@ def _launch_gcloud_emulator(name: str) -> dict[str, Any]:
     }
 
 
-def _ensure_redis() -> dict[str, Any]:
-    url = f"redis://{LOOPBACK}:{REDIS_PORT}/0"
-    if _redis_answers(REDIS_PORT):
-        log.info("backend already answering", service="redis", port=REDIS_PORT)
-        return {"started": False, "port": REDIS_PORT, "url": url}
+def _ensure_redis(port: int) -> dict[str, Any]:
+    url = f"redis://{LOOPBACK}:{port}/0"
+    if _redis_answers(port):
+        log.info("backend already answering", service="redis", port=port)
+        return {"started": False, "port": port, "url": url}
 
     data_dir = Path(tempfile.mkdtemp(prefix="redis-"))
     log_path = data_dir / "redis.log"
@@ -267,7 +281,7 @@ def _ensure_redis() -> dict[str, Any]:
         "--bind",
         LOOPBACK,
         "--port",
-        str(REDIS_PORT),
+        str(port),
         "--save",
         "",
         "--appendonly",
@@ -276,12 +290,12 @@ def _ensure_redis() -> dict[str, Any]:
         str(data_dir),
     ]
     process = _spawn_group(command, log_path, dict(os.environ))
-    log.info("backend launched", service="redis", pid=process.pid, port=REDIS_PORT)
+    log.info("backend launched", service="redis", pid=process.pid, port=port)
     return {
         "started": True,
         "pid": process.pid,
         "start_time": _process_start_time(process.pid),
-        "port": REDIS_PORT,
+        "port": port,
         "url": url,
         "data_dir": str(data_dir),
         "log": str(log_path),
@@ -333,13 +347,18 @@ def _wait_until_answering(name: str, record: dict[str, Any]) -> None:
     )
 
 
-def _free_port() -> int:
-    # The port is free now; another process may take it before the emulator
+def _free_ports(count: int) -> list[int]:
+    # All probes stay open until every port is known, so the ports differ.
+    # A port is free now; another process may take it before the emulator
     # binds it, in which case the start-up fails loudly rather than silently.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        port: int = probe.getsockname()[1]
-    return port
+    with ExitStack() as stack:
+        probes = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            for _ in range(count)
+        ]
+        for probe in probes:
+            probe.bind((LOOPBACK, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
 
 
 # Probing

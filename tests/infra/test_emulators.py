@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -107,6 +108,24 @@ def test_running_redis_is_used_and_left_running(tmp_path: Path, redis_url: str) 
     assert emulator_status(tmp_path) == {}
     with redis.Redis.from_url(redis_url) as client:
         assert client.ping() is True
+
+
+def test_redis_is_started_when_nothing_answers(tmp_path: Path) -> None:
+    """With its port free, Redis runs as a child until stopped."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    endpoints = start_emulators(tmp_path, ("redis",), redis_port=port)
+    record = _state(tmp_path)["redis"]
+    with redis.Redis.from_url(endpoints.redis_url or "") as client:
+        answered = client.ping()
+    stop_emulators(tmp_path)
+
+    assert endpoints.redis_url == f"redis://127.0.0.1:{port}/0"
+    assert (record["started"], answered) == (True, True)
+    assert _processes_in_groups({record["pid"]}) == []
+    assert Path(record["data_dir"]).exists() is False
 
 
 def test_unknown_service_is_refused(tmp_path: Path) -> None:
