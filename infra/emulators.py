@@ -155,11 +155,10 @@ def start_emulators(
 
     # Launch both Java emulators before waiting, so their start-ups overlap.
     java_services = [name for name in ("pubsub", "firestore") if name in services]
+    ports = _free_ports(len(java_services))
     state: dict[str, dict[str, Any]] = {}
     try:
-        for name, port in zip(
-            java_services, _free_ports(len(java_services)), strict=True
-        ):
+        for name, port in zip(java_services, ports, strict=True):
             state[name] = _launch_gcloud_emulator(name, port)
             _write_state(state_dir, state)
         if "redis" in services:
