@@ -254,7 +254,7 @@ def _infer_bucket_ms(name: str, rows: list[SeriesRow]) -> int:
     if width <= 0:
         raise ConfigurationError(
             f"The bucket width of {name} cannot be inferred from the gaps between "
-            "its rows; give it explicitly."
+            "its rows; give the width explicitly (--bucket-seconds)."
         )
     return width
 
@@ -409,7 +409,7 @@ def _check_data(
     try:
         model.model_validate(data)
     except ValidationError as error:
-        detail = describe_validation_error(error.errors())  # type: ignore[arg-type]
+        detail = describe_validation_error([dict(entry) for entry in error.errors()])
         raise ConfigurationError(
             f"Line {line} of {path} gives a {event_type} event invalid data: {detail}."
         ) from error

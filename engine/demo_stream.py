@@ -9,8 +9,9 @@ early. The stream holds:
   `avgResponseTimeMs` (EC2 latency trace), `requestsPerSecond` (load
   balancer counts) and `cpuUsage` (autoscaling group CPU);
 * project lifecycle events: `project.created` when one of the projects
-  launched during the recording appears, `project.updated` now and then,
-  and `project.funded` a few days (sometimes more than a week) later;
+  launched during the recording appears (15 of them within one minute),
+  `project.updated` now and then, and `project.funded` a few days
+  (sometimes more than a week) after creation;
 * `user.kyc_submitted` at a rate that follows the load balancer counts and
   `user.kyc_approved` from a review desk of fixed capacity, so a backlog
   builds at peaks and drains afterwards.
@@ -27,6 +28,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -130,21 +132,27 @@ _METRIC_FEEDS = (
 
 # Projects: 500 in all, 150 of them launched during the recording. Launches
 # start 6 hours in and stop 3 days before the end, so that most new
-# projects have time to collect contributions.
+# projects have time to collect contributions; 15 of them launch within one
+# minute on day 20 (a featured-launch day), so that burst rules have a case.
 _PROJECTS = 500
 _LAUNCHES = 150
+_BURST_LAUNCHES = 15
+_BURST_DAY = 20
+_BURST_SPACING_MS = 3_000
 _LAUNCH_MARGINS_MS = (6 * 60 * _MINUTE_MS, 3 * _DAY_MS)
 _UPDATE_MEAN_GAP_MS = 20 * _DAY_MS
 _FUNDED_SHARE = 0.6
 _FUNDED_LATE_SHARE = 0.3
 _UPDATE_TOPICS = ("description", "rewards", "media", "faq")
 
-# KYC: one submission per 20 load balancer requests (about 12,500 over the
-# 14 days of the series). The review desk clears one case per 50 seconds
-# (6 per bucket, about twice the mean rate) and a review takes 2-10
-# minutes, so approvals keep up in quiet hours and fall behind at peaks.
+# KYC: one submission per 20 load balancer requests (12,466 over the 14
+# days of the series, 3.1 per 5 minutes on average). The review desk clears
+# one case per 70 seconds (4.3 per 5 minutes) and a review takes 2-10
+# minutes, so approvals keep up in quiet hours and fall behind at peaks:
+# the backlog passes 100 cases twice, at the two labelled request surges,
+# and peaks at about 150.
 _REQUESTS_PER_SUBMISSION = 20
-_REVIEW_INTERVAL_MS = 50_000
+_REVIEW_INTERVAL_MS = 70_000
 _REVIEW_MS = (2 * _MINUTE_MS, 10 * _MINUTE_MS)
 
 
@@ -179,14 +187,11 @@ def build_demo_stream(
     projects = ProjectPool.build(
         _PROJECTS, seed=_SEED, launches=_launch_times(start_ms, end_ms)
     )
+    options = placed("contribution.created", "/platform/contributions", "contribution")
     streams: list[tuple[str, Iterable[TimedLine]]] = [
         (
             "contribution.created",
-            generate_events(
-                contributions,
-                CountMode(projects),
-                placed("contribution.created", "/platform/contributions", "ctb"),
-            ),
+            generate_events(contributions, CountMode(projects), options),
         )
     ]
     for feed in _METRIC_FEEDS:
@@ -223,53 +228,34 @@ def _counted(
 def _launch_times(start_ms: int, end_ms: int) -> list[int]:
     rng = random.Random(f"{_SEED}:launches")
     first, last = start_ms + _LAUNCH_MARGINS_MS[0], end_ms - _LAUNCH_MARGINS_MS[1]
-    return sorted(rng.randrange(first, last) for _ in range(_LAUNCHES))
+    spread = [rng.randrange(first, last) for _ in range(_LAUNCHES - _BURST_LAUNCHES)]
+    # Starting on a whole minute keeps the burst inside one calendar minute.
+    burst_ms = (start_ms + _BURST_DAY * _DAY_MS) // _MINUTE_MS * _MINUTE_MS
+    burst = [burst_ms + i * _BURST_SPACING_MS for i in range(_BURST_LAUNCHES)]
+    return sorted(spread + burst)
 
 
 def _project_events(
     projects: ProjectPool, start_ms: int, end_ms: int
 ) -> list[tuple[str, list[TimedLine]]]:
-    source = "/platform/projects"
-    created: list[TimedLine] = []
-    updated: list[TimedLine] = []
-    funded: list[TimedLine] = []
+    kinds = ("project.created", "project.updated", "project.funded")
+    events: dict[str, list[TimedLine]] = {kind: [] for kind in kinds}
     launches = dict(projects.launched_during())
 
     for number, project in enumerate(projects.ids, start=1):
         rng = random.Random(f"{_SEED}:{project}")
-        serial = itertools.count()
+        ids = (f"project-{number:06d}-{serial:05d}" for serial in itertools.count())
         launch_ms = launches.get(project)
+        details = make_project_data(rng, project)
 
         # Only projects launched during the recording announce themselves.
-        details = make_project_data(rng, project)
         if launch_ms is not None:
-            line = encode_event(
-                f"project-{number:06d}-{next(serial):05d}",
-                source,
-                "project.created",
-                launch_ms,
-                details,
-            )
-            created.append((launch_ms, line))
+            _add_project_event(events, next(ids), "project.created", launch_ms, details)
 
         ms = start_ms if launch_ms is None else launch_ms
-        while True:
-            ms += round(rng.expovariate(1 / _UPDATE_MEAN_GAP_MS))
-            if ms >= end_ms:
-                break
+        while (ms := ms + round(rng.expovariate(1 / _UPDATE_MEAN_GAP_MS))) < end_ms:
             change = {"projectId": project, "changed": rng.choice(_UPDATE_TOPICS)}
-            updated.append(
-                (
-                    ms,
-                    encode_event(
-                        f"project-{number:06d}-{next(serial):05d}",
-                        source,
-                        "project.updated",
-                        ms,
-                        change,
-                    ),
-                )
-            )
+            _add_project_event(events, next(ids), "project.updated", ms, change)
 
         if launch_ms is None or rng.random() >= _FUNDED_SHARE:
             continue
@@ -277,21 +263,21 @@ def _project_events(
         days = rng.uniform(7.5, 14.0) if late else rng.uniform(1.5, 6.5)
         funded_ms = launch_ms + round(days * _DAY_MS)
         if funded_ms < end_ms:
-            data = make_funding_data(rng, project, details["goal"])
-            line = encode_event(
-                f"project-{number:06d}-{next(serial):05d}",
-                source,
-                "project.funded",
-                funded_ms,
-                data,
-            )
-            funded.append((funded_ms, line))
+            funding = make_funding_data(rng, project, details["goal"])
+            _add_project_event(events, next(ids), "project.funded", funded_ms, funding)
 
-    return [
-        ("project.created", sorted(created)),
-        ("project.updated", sorted(updated)),
-        ("project.funded", sorted(funded)),
-    ]
+    return [(kind, sorted(lines)) for kind, lines in events.items()]
+
+
+def _add_project_event(
+    events: dict[str, list[TimedLine]],
+    event_id: str,
+    kind: str,
+    ms: int,
+    data: dict[str, Any],
+) -> None:
+    line = encode_event(event_id, "/platform/projects", kind, ms, data)
+    events[kind].append((ms, line))
 
 
 def _kyc_events(requests: Series, end_ms: int) -> list[tuple[str, list[TimedLine]]]:
