@@ -28,8 +28,14 @@ from engine.events import Event, format_time
 from engine.loader import RuleSet
 from engine.matcher import Matcher
 from engine.rule_model import TierConfig
-from engine.rule_runtime import RuleRuntime, build_runtime
-from engine.templates import TemplateError, render
+from engine.rule_runtime import (
+    AggregateRuntime,
+    RuleRuntime,
+    WindowGroup,
+    aggregate_signature,
+    build_runtime,
+)
+from engine.templates import TemplateError, find_placeholders, render
 from handlers.base import ActionRequest
 from handlers.registry import HandlerRegistry
 
@@ -108,6 +114,18 @@ class EngineStats:
         self.skipped[rule] += 1
 
 
+@dataclass(frozen=True, slots=True)
+class _ActionPlan:
+    """One action of a rule, prepared once: static params skip rendering."""
+
+    position: int
+    action: str
+    params: dict[str, Any]
+    interval: float
+    static: bool
+    key: tuple[str, str] | None
+
+
 class _EngineContext:
     """The `HandlerContext` handlers see."""
 
@@ -178,11 +196,17 @@ class Engine:
 
     def _build(self, ruleset: RuleSet) -> None:
         compiled = compile_rules(ruleset)
+        self._action_plan_cache: dict[str, list[_ActionPlan]] = {}
         self.matcher = Matcher(compiled.definition)
         self.runtimes: dict[str, RuleRuntime] = {
             loaded.spec.name: build_runtime(loaded, ruleset.version)
             for loaded in ruleset.rules
         }
+        groups: dict[str, WindowGroup] = {}
+        for runtime in self.runtimes.values():
+            if isinstance(runtime, AggregateRuntime):
+                signature = aggregate_signature(runtime.spec)
+                runtime.windows = groups.setdefault(signature, runtime.windows)
         # Per event type: fact paths, and durable name -> (runtime, role).
         self._routes: dict[str, tuple[list[tuple[str, str]], dict[str, tuple[RuleRuntime, str]]]] = {}
         for event_type, route in compiled.routes.items():
@@ -289,6 +313,23 @@ class Engine:
 
     # Firing
 
+    def _action_plans(self, runtime: RuleRuntime) -> list[_ActionPlan]:
+        plans = self._action_plan_cache.get(runtime.name)
+        if plans is None:
+            plans = []
+            for position, spec in enumerate(runtime.spec.actions):
+                interval = spec.coalesce
+                if interval is None:
+                    interval = self.registry.handler_class(spec.action).default_coalesce
+                static = not find_placeholders(spec.params)
+                key = None
+                if static:
+                    encoded = orjson.dumps(spec.params, option=orjson.OPT_SORT_KEYS)
+                    key = (spec.action, encoded.decode())
+                plans.append(_ActionPlan(position, spec.action, spec.params, interval or 0.0, static, key))
+            self._action_plan_cache[runtime.name] = plans
+        return plans
+
     def fire(
         self,
         runtime: RuleRuntime,
@@ -300,64 +341,98 @@ class Engine:
     ) -> None:
         """Carry out every action of a rule that fired."""
         self.stats.fires[runtime.name] += 1
-        values = {
-            "rule": runtime.name,
-            "tier": self.tier,
-            "event": event_mapping or {},
-            "data": (event_mapping or {}).get("data", {}),
-            **context,
-        }
-        for position, spec in enumerate(runtime.spec.actions):
+        values: dict[str, Any] | None = None
+        for plan in self._action_plans(runtime):
+            # A static action inside its coalescing interval costs one lookup.
+            if plan.static and plan.interval:
+                entry = self._coalesce.get(plan.key)
+                if entry is not None and at < entry["until"]:
+                    self._hold(entry, plan.key, runtime, plan, trigger, at, why)
+                    continue
             record = ActionRecord(
-                id=action_id(runtime.name, position, trigger.get("event_id", ""), at),
+                id=action_id(runtime.name, plan.position, trigger.get("event_id", ""), at),
                 at=at,
                 rule=runtime.name,
-                action=spec.action,
+                action=plan.action,
                 params={},
                 trigger_id=trigger.get("event_id", ""),
                 trigger_type=trigger.get("type", ""),
                 why=why,
             )
-            try:
-                record.params = render(spec.params, values)
-            except TemplateError as error:
-                record.outcome, record.error = "failed", str(error)
-                self._finish(record)
-                continue
-            interval = spec.coalesce
-            if interval is None:
-                interval = self.registry.handler_class(spec.action).default_coalesce
-            if interval and self._coalesced(record, runtime, interval):
-                continue
+            if plan.static:
+                record.params = plan.params
+                key = plan.key
+            else:
+                if values is None:
+                    values = {
+                        "rule": runtime.name,
+                        "tier": self.tier,
+                        "event": event_mapping or {},
+                        "data": (event_mapping or {}).get("data", {}),
+                        **context,
+                    }
+                try:
+                    record.params = render(plan.params, values)
+                except TemplateError as error:
+                    record.outcome, record.error = "failed", str(error)
+                    self._finish(record)
+                    continue
+                key = None
+            if plan.interval:
+                if key is None:
+                    encoded = orjson.dumps(record.params, option=orjson.OPT_SORT_KEYS)
+                    key = (record.action, encoded.decode())
+                entry = self._coalesce.get(key)
+                if entry is not None and at < entry["until"]:
+                    self._hold(entry, key, runtime, plan, trigger, at, why, record.params)
+                    continue
+                self._coalesce[key] = {"until": at + plan.interval, "interval": plan.interval, "pending": None}
             self._execute(record, runtime)
 
-    def _coalesced(self, record: ActionRecord, runtime: RuleRuntime, interval: float) -> bool:
-        """Hold back an action repeated within its interval; keep the last one."""
-        key = (record.action, orjson.dumps(record.params, option=orjson.OPT_SORT_KEYS).decode())
-        entry = self._coalesce.get(key)
-        if entry is None or record.at >= entry["until"]:
-            self._coalesce[key] = {"until": record.at + interval, "interval": interval, "pending": None}
-            return False
-        # Within the interval: remember the latest, run it when the interval
-        # ends, so the last change in a burst is never left unapplied.
+    def _hold(
+        self,
+        entry: dict[str, Any],
+        key: tuple[str, str],
+        runtime: RuleRuntime,
+        plan: _ActionPlan,
+        trigger: dict[str, str],
+        at: float,
+        why: Explanation,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        """Hold back an action repeated within its interval; keep the last one.
+
+        The held action runs when the interval ends, so the last change of a
+        burst is never left unapplied (a purge that only led a burst would
+        leave the cache stale).
+        """
         if entry["pending"] is None:
             self.schedule(entry["until"], "#coalesce", key)
-        entry["pending"] = (record, runtime.name)
-        self.stats.coalesced[record.rule] += 1
-        return True
+        entry["pending"] = (runtime.name, plan.position, plan.action, params if params is not None else plan.params, trigger, why)
+        self.stats.coalesced[runtime.name] += 1
 
     def _flush_coalesced(self, key: tuple[str, str], due: float) -> None:
         entry = self._coalesce.get(key)
         if entry is None or entry["pending"] is None:
             return
-        record, rule_name = entry["pending"]
+        rule_name, position, action, params, trigger, why = entry["pending"]
         entry["pending"] = None
         entry["until"] = due + entry["interval"]
-        record.at = due
-        record.id = action_id(record.rule, -1, record.trigger_id, due)
         runtime = self.runtimes.get(rule_name)
-        if runtime is not None:
-            self._execute(record, runtime)
+        if runtime is None:
+            return
+        trigger_id = trigger.get("event_id", "")
+        record = ActionRecord(
+            id=action_id(rule_name, position, trigger_id, due),
+            at=due,
+            rule=rule_name,
+            action=action,
+            params=params,
+            trigger_id=trigger_id,
+            trigger_type=trigger.get("type", ""),
+            why=why,
+        )
+        self._execute(record, runtime)
 
     def _execute(self, record: ActionRecord, runtime: RuleRuntime) -> None:
         if runtime.spec.mode == "shadow":

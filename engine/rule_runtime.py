@@ -7,14 +7,16 @@ All times are event times; `now` is the engine's clock.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine.actions import Explanation
 from engine.conditions import read_path
 from engine.durations import format_duration
 from engine.loader import LoadedRule
+from engine.rule_model import RuleSpec
 from engine.windows import SlidingWindow
 
 if TYPE_CHECKING:
@@ -40,6 +42,14 @@ class RuleRuntime:
         self.version = version
         self.cooldown = loaded.spec.cooldown
         self.last_fire: dict[Any, float] = {}
+        self._description: str | None = None
+
+    @property
+    def description(self) -> str:
+        """Return the rule's condition in words, computed once."""
+        if self._description is None:
+            self._description = self.describe_condition()
+        return self._description
 
     def in_cooldown(self, key: Any, now: float) -> bool:
         """Tell whether the rule fired for `key` less than a cooldown ago."""
@@ -105,7 +115,7 @@ class EventRuntime(RuleRuntime):
             engine.stats.count_suppressed(self.name)
             return
         self.last_fire[None] = now
-        why = Explanation(self.describe_condition(), None, [event.id], self.version)
+        why = Explanation(self.description, None, [event.id], self.version)
         engine.fire(self, event.summary(), now, {"key": None}, why, event.mapping())
 
 
@@ -118,8 +128,27 @@ class _KeyState:
     candidate: str | None = None
     band: str | None = None
     last_fire: float = -math.inf
-    trigger: dict[str, str] = field(default_factory=dict)
+    trigger: tuple[str, str] | list[str] | None = None
     timer_due: float | None = None
+
+
+class WindowGroup(dict[Any, SlidingWindow]):
+    """Windows by key, shared by rules that aggregate the same thing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_view: EventView | None = None
+        self.last_added: bool | None = None
+
+
+def aggregate_signature(spec: RuleSpec) -> str:
+    """Return what identifies an aggregate: rules with equal ones share windows."""
+    aggregate = spec.aggregate
+    assert aggregate is not None
+    return json.dumps(
+        [spec.event_types(), spec.when, aggregate.model_dump(mode="json")],
+        sort_keys=True,
+    )
 
 
 class AggregateRuntime(RuleRuntime):
@@ -133,7 +162,9 @@ class AggregateRuntime(RuleRuntime):
         self.fields = (
             [aggregate.field] if isinstance(aggregate.field, str) else aggregate.field
         )
-        self.windows: dict[Any, SlidingWindow] = {}
+        self.windows = WindowGroup()
+        # durable-rules' verdict per aggregate value, for this rule only.
+        self._verdicts: dict[float, tuple[str, ...]] = {}
         self.states: dict[Any, _KeyState] = {}
         self.threshold = self.spec.threshold
         self.classify = self.spec.classify
@@ -180,19 +211,30 @@ class AggregateRuntime(RuleRuntime):
 
     def on_event(self, engine: Engine, event: EventView, role: str) -> None:
         """Count the event into its key's window and re-evaluate that key."""
-        value = self._event_value(event, role)
-        if value is None:
-            engine.stats.count_skipped(self.name)
-            return
-        key = event.read(self.aggregate.by) if self.aggregate.by else None
+        aggregate = self.aggregate
+        key = event.read(aggregate.by) if aggregate.by else None
         if isinstance(key, dict | list):
             key = None
-        window = self._window(key)
-        if not window.add(event.ts, value, engine.clock, event.id):
+        windows = self.windows
+        # Rules with the same aggregate share one window group; the first
+        # of them to see an event counts it for all.
+        if windows.last_view is not event:
+            value = self._event_value(event, role)
+            windows.last_view = event
+            if value is None:
+                windows.last_added = None
+            else:
+                windows.last_added = self._window(key).add(
+                    event.ts, value, engine.clock, event.id
+                )
+        if windows.last_added is None:
+            engine.stats.count_skipped(self.name)
+            return
+        if not windows.last_added:
             engine.stats.count_late(self.name)
             return
-        state = self._state(key)
-        state.trigger = event.summary()
+        state = self.states.get(key) or self._state(key)
+        state.trigger = (event.id, event.event.type)
         self.evaluate(engine, key, engine.clock)
 
     def on_timer(self, engine: Engine, key: Any, due: float) -> None:
@@ -217,7 +259,12 @@ class AggregateRuntime(RuleRuntime):
         value = window.value(now)
         if value is None:
             return
-        names = engine.match_value(self.fact_name, value)
+        names = self._verdicts.get(value)
+        if names is None:
+            names = engine.match_value(self.fact_name, value)
+            if len(self._verdicts) >= 4096:
+                self._verdicts.clear()
+            self._verdicts[value] = names
         if self.threshold is not None:
             self._evaluate_threshold(engine, key, now, value, names)
         else:
@@ -237,7 +284,7 @@ class AggregateRuntime(RuleRuntime):
             elif holds and threshold.repeat is not None:
                 due = state.last_fire + threshold.repeat
                 if now >= due:
-                    self._fire(engine, key, state, now, value)
+                    self._fire_threshold(engine, key, state, now, value)
                 else:
                     self._schedule(engine, key, state, due)
             return
@@ -259,7 +306,17 @@ class AggregateRuntime(RuleRuntime):
             self._schedule(engine, key, state, cooldown_end)
             return
         state.fired = True
+        self._fire_threshold(engine, key, state, now, value)
+
+    def _fire_threshold(
+        self, engine: Engine, key: Any, state: _KeyState, now: float, value: float
+    ) -> None:
+        # With `repeat`, the next firing needs a timer: while the value holds
+        # there may be no event to re-evaluate the key when it falls due.
         self._fire(engine, key, state, now, value)
+        assert self.threshold is not None
+        if self.threshold.repeat is not None:
+            self._schedule(engine, key, state, now + self.threshold.repeat)
 
     def _evaluate_bands(
         self, engine: Engine, key: Any, now: float, value: float, names: tuple[str, ...]
@@ -313,7 +370,7 @@ class AggregateRuntime(RuleRuntime):
         state.pending_since = None
         window = self.windows[key]
         why = Explanation(
-            self.describe_condition(), _round(value), list(window.recent), self.version
+            self.description, _round(value), list(window.recent), self.version
         )
         context = {
             "value": _round(value),
@@ -321,7 +378,9 @@ class AggregateRuntime(RuleRuntime):
             "band": band,
             "previous": previous,
         }
-        engine.fire(self, state.trigger, now, context, why, None)
+        trigger_id, trigger_type = state.trigger or ("", "")
+        trigger = {"event_id": trigger_id, "type": trigger_type}
+        engine.fire(self, trigger, now, context, why, None)
 
     def describe_condition(self) -> str:
         """Return the aggregate and its threshold or bands in words."""
@@ -425,7 +484,7 @@ class CorrelationRuntime(RuleRuntime):
                 return
             del self.pending[key]
             why = Explanation(
-                self.describe_condition(), None, [first["id"], event.id], self.version
+                self.description, None, [first["id"], event.id], self.version
             )
             context = {"key": key, "first": first["event"]}
             engine.fire(self, event.summary(), event.ts, context, why, event.mapping())

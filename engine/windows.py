@@ -8,11 +8,16 @@ too late to count and is reported as such.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from typing import Any
 
 __all__ = ["SlidingWindow", "default_resolution"]
+
+
+def _time_of(entry: tuple[float, Any]) -> float:
+    return entry[0]
 
 
 def default_resolution(window: float) -> float:
@@ -65,7 +70,9 @@ class SlidingWindow:
             return True
         if fn == "distinct":
             self._distinct[value] = max(ts, self._distinct.get(value, -math.inf))
-            self._distinct_order.append((ts, value))
+            # Kept in time order, a late event included, so that expiry
+            # (which looks only at the oldest entry) drops it on time.
+            bisect.insort(self._distinct_order, (ts, value), key=_time_of)
             return True
         if width is None:
             # An unbounded running total (balance without a window).
@@ -73,7 +80,10 @@ class SlidingWindow:
             self._sum += value
             return True
 
-        index = int(ts // self.resolution)
+        # Buckets are closed on the right, (i*R, (i+1)*R], like the window
+        # (now - W, now]: an event on a bucket edge leaves the window exactly
+        # when `add` would call it too late.
+        index = math.ceil(ts / self.resolution) - 1
         buckets = self._buckets
         if buckets and buckets[-1][0] == index:
             bucket = buckets[-1]
@@ -111,6 +121,10 @@ class SlidingWindow:
         if width is None:
             return
         horizon = now - width
+        if self.fn == "latest":
+            if self.latest_ts <= horizon:
+                self.latest, self.latest_ts = None, -math.inf
+            return
         if self.fn == "distinct":
             order, seen = self._distinct_order, self._distinct
             while order and order[0][0] <= horizon:
@@ -121,12 +135,16 @@ class SlidingWindow:
         # A bucket leaves once its whole span is at or before the horizon.
         limit = math.floor(horizon / self.resolution)
         buckets = self._buckets
+        if not buckets or buckets[0][0] >= limit:
+            return
         while buckets and buckets[0][0] < limit:
-            _, count, total, _, _ = buckets.popleft()
+            _, count, _, _, _ = buckets.popleft()
             self._count -= count
-            self._sum -= total
-        if not buckets:
-            self._count, self._sum = 0, 0.0
+        # Summed afresh rather than subtracted: subtracting floats leaves
+        # rounding residue that builds up over a long stream (0.6 - 0.1
+        # would give 0.5000000000000001).
+        if self.fn != "count":
+            self._sum = math.fsum(bucket[2] for bucket in buckets)
 
     def value(self, now: float) -> float | None:
         """Return the aggregate at time `now`, or None when there is no data."""
