@@ -85,7 +85,8 @@ class NotifyHandler(Handler):
         self, request: ActionRequest, params: Any, context: HandlerContext
     ) -> dict[str, Any]:
         """Log the alert and deliver it to the webhook, retrying with backoff."""
-        log.warning(
+        emit = log.info if params.severity == "info" else log.warning
+        emit(
             "alert raised",
             rule=request.rule,
             action_id=request.id,
