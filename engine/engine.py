@@ -488,6 +488,89 @@ class Engine:
         self.stats.emitted += 1
         self._emitted.append(event)
 
+    # State
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return everything the engine remembers, as JSON-compatible data.
+
+        Restoring it into an engine with the same rules continues exactly
+        where this one stands: windows, cooldowns, `for` timers, held
+        coalesced actions, partial correlations, the tier and the event ids
+        already seen.
+        """
+        coalesce = []
+        for key, entry in self._coalesce.items():
+            pending = entry["pending"]
+            if pending is not None:
+                rule, position, action, params, trigger, why = pending
+                pending = [rule, position, action, params, trigger, why.to_mapping()]
+            coalesce.append([list(key), {**entry, "pending": pending}])
+        return {
+            "rules_version": self.ruleset.version,
+            "clock": None if self.clock == float("-inf") else self.clock,
+            "last_sweep": None if self._last_sweep == float("-inf") else self._last_sweep,
+            "tier": self.tier,
+            "runtimes": {name: r.snapshot() for name, r in self.runtimes.items()},
+            "timers": [[due, seq, name, list(key) if isinstance(key, tuple) else key] for due, seq, name, key in sorted(self._timers)],
+            "coalesce": coalesce,
+            "seen": [[ts, event_id] for ts, event_id in self._seen_order],
+            "handler_state": self.handler_state.values,
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Continue from a snapshot taken by `snapshot`."""
+        self.clock = data["clock"] if data["clock"] is not None else float("-inf")
+        self._last_sweep = data["last_sweep"] if data["last_sweep"] is not None else float("-inf")
+        self.tier = data["tier"]
+        for name, saved in data["runtimes"].items():
+            runtime = self.runtimes.get(name)
+            if runtime is not None:
+                runtime.restore(saved)
+        self._timers = []
+        for due, seq, name, key in data["timers"]:
+            self._timers.append((due, seq, name, tuple(key) if isinstance(key, list) else key))
+        heapq.heapify(self._timers)
+        top = max((t[1] for t in self._timers), default=-1)
+        self._timer_seq = itertools.count(top + 1)
+        self._coalesce = {}
+        for key, entry in data["coalesce"]:
+            pending = entry["pending"]
+            if pending is not None:
+                rule, position, action, params, trigger, why = pending
+                explanation = Explanation(why["condition"], why.get("value"), why["events"], why["rules_version"])
+                pending = (rule, position, action, params, trigger, explanation)
+            self._coalesce[tuple(key)] = {**entry, "pending": pending}
+        self._seen_order = deque((ts, event_id) for ts, event_id in data["seen"])
+        self._seen_ids = {event_id: ts for ts, event_id in self._seen_order}
+        self.handler_state.values = data["handler_state"]
+
+    def reload(self, ruleset: RuleSet) -> None:
+        """Switch to new rules between events, keeping what still applies.
+
+        A rule whose name and aggregate are unchanged keeps its windows and
+        state; a rule whose aggregate changed keeps its threshold or band
+        state (so the tier does not reset) but starts new windows; new rules
+        start empty. Timers, held coalesced actions, seen ids and the tier
+        are kept. The old durable-rules ruleset is deleted.
+        """
+        old_runtimes = self.runtimes
+        old_matcher = self.matcher
+        self.ruleset = ruleset
+        self._build(ruleset)
+        for name, runtime in self.runtimes.items():
+            previous = old_runtimes.get(name)
+            if previous is None or type(previous) is not type(runtime):
+                continue
+            saved = previous.snapshot()
+            if isinstance(runtime, AggregateRuntime) and isinstance(previous, AggregateRuntime):
+                if aggregate_signature(runtime.spec) != aggregate_signature(previous.spec):
+                    saved["windows"] = []
+                    for _, state in saved.get("states", []):
+                        state["pending_since"] = None
+                        state["timer_due"] = None
+            runtime.restore(saved)
+        old_matcher.close()
+
     def take_actions(self) -> list[ActionRecord]:
         """Return and forget the actions recorded so far."""
         actions, self.actions = self.actions, []

@@ -441,7 +441,9 @@ class AggregateRuntime(RuleRuntime):
     def restore(self, data: dict[str, Any]) -> None:
         """Load windows and per-key state saved by `snapshot`."""
         super().restore(data)
-        self.windows = {}
+        # Cleared in place: the group may be shared with other rules.
+        self.windows.clear()
+        self.windows.last_view = None
         for key, saved in data.get("windows", []):
             self._window(key).restore(saved)
         self.states = {}
