@@ -37,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="log format; 'auto' uses console on a terminal, JSON otherwise",
     )
-    parser.add_argument("--log-level", default="info", help="minimum log level")
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        help="minimum log level (default: info; warning for replay-like commands)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in _COMMAND_MODULES:
         module = importlib.import_module(name)
@@ -49,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_format, args.log_level)
+    level = args.log_level or getattr(args, "default_log_level", "info")
+    configure_logging(args.log_format, level)
     try:
         status: int = args.run(args)
     except EngineError as error:

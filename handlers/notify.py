@@ -85,8 +85,9 @@ class NotifyHandler(Handler):
         self, request: ActionRequest, params: Any, context: HandlerContext
     ) -> dict[str, Any]:
         """Log the alert and deliver it to the webhook, retrying with backoff."""
-        emit = log.info if params.severity == "info" else log.warning
-        emit(
+        # Raising an alert is the handler working as intended, so it logs at
+        # info; warning is for an action that failed.
+        log.info(
             "alert raised",
             rule=request.rule,
             action_id=request.id,

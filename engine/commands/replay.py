@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--actions-out", required=True, help="file for the actions, one JSON line each")
     parser.add_argument("--dead-letter-out", help="file for rejected lines and their reasons")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(run=run)
+    # Alerts raised during a replay are in the actions file; logging each
+    # one as well would bury the summary.
+    parser.set_defaults(run=run, default_log_level="warning")
 
 
 def run(args: argparse.Namespace) -> int:
