@@ -40,14 +40,23 @@ __all__ = [
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "exists", "prefix", "contains")
 _NUMERIC_OPERATORS = {"gt": "$gt", "gte": "$gte", "lt": "$lt", "lte": "$lte"}
 
-# durable-rules compares booleans as numbers (true == 1), so booleans travel
-# as marker strings that no JSON number can equal.
-_TRUE = "\u0000true"
-_FALSE = "\u0000false"
-_OBJECT = "\u0000object"
-# Characters that may stand bare in a durable-rules regular expression; any
-# other character of a prefix is wrapped in a one-character class.
-_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+# durable-rules compares booleans as numbers (true == 1), and a number with a
+# string by the number's text ("1" == 1, "abc" > 2). So every value that is
+# not a number travels tagged: strings as "s:TEXT", booleans and objects as
+# markers. A number's text starts with a digit or '-', which sort below ':',
+# and every tag starts with a letter, which sorts above it; the numeric
+# operators test that bound too, so that they hold for numbers only.
+_STRING = "s:"
+_TRUE = "b:true"
+_FALSE = "b:false"
+_OBJECT = "o:object"
+_NUMBER_BOUND = ":"
+# Operators of durable-rules' regular expressions: in a prefix, each is
+# wrapped in a one-character class. '%' is its escape character and is
+# doubled. Every other character stands bare; durable-rules matches the JSON
+# text of facts, so a character that JSON escapes (a quote, a control or a
+# non-ASCII character) must stay bare for its escape to match itself.
+_REGEX_OPERATORS = frozenset("()*+.?[{}|$")
 
 
 class ConditionError(ValueError):
@@ -193,6 +202,8 @@ def encode_value(value: Any) -> Any:
         return _TRUE
     if value is False:
         return _FALSE
+    if isinstance(value, str):
+        return _STRING + value
     if isinstance(value, dict):
         return _OBJECT
     if isinstance(value, list):
@@ -238,7 +249,10 @@ class PathTable:
 
 
 def _regex_prefix(prefix: str) -> str:
-    escaped = "".join(c if c in _PLAIN else f"[{c}]" for c in prefix)
+    escaped = "".join(
+        f"[{c}]" if c in _REGEX_OPERATORS else "%%" if c == "%" else c
+        for c in _STRING + prefix
+    )
     return escaped + ".*"
 
 
@@ -256,7 +270,12 @@ def compile_condition(condition: Condition, paths: PathTable) -> dict[str, Any]:
     if op == "ne":
         return {"$neq": {key: encode_value(value)}}
     if op in _NUMERIC_OPERATORS:
-        return {_NUMERIC_OPERATORS[op]: {key: value}}
+        return {
+            "$and": [
+                {_NUMERIC_OPERATORS[op]: {key: value}},
+                {"$lt": {key: _NUMBER_BOUND}},
+            ]
+        }
     if op == "in":
         return {"$or": [{key: encode_value(item)} for item in value]}
     if op == "exists":

@@ -33,7 +33,7 @@ import durable_rules_engine
 
 from engine.errors import EngineError
 
-__all__ = ["Matcher", "MatcherError"]
+__all__ = ["Matcher", "MatcherError", "encode_json"]
 
 _names = itertools.count()
 
@@ -55,7 +55,7 @@ class Matcher:
         self.hits = 0
         try:
             self._handle: int | None = durable_rules_engine.create_ruleset(
-                self._name, json.dumps(definition)
+                self._name, encode_json(definition)
             )
         except durable_rules_engine.error as error:
             raise MatcherError(
@@ -70,15 +70,17 @@ class Matcher:
         Raises:
             MatcherError: durable-rules failed or the thread is not the owner.
         """
-        cached = self._cache.get(key)
-        if cached is not None:
-            self.hits += 1
-            return cached
+        # The owner check comes first: a cached answer on a foreign thread
+        # would hide the misuse until the first cache miss.
         if threading.get_ident() != self._owner:
             raise MatcherError(
                 "The matcher was called from a thread that does not own it; "
                 "durable-rules is not thread-safe."
             )
+        cached = self._cache.get(key)
+        if cached is not None:
+            self.hits += 1
+            return cached
 
         names = self._evaluate(fact)
         if len(self._cache) >= self._cache_size:
@@ -92,7 +94,7 @@ class Matcher:
         if self._handle is None:
             raise MatcherError("The matcher is closed.")
         self.calls += 1
-        text = json.dumps(fact)
+        text = encode_json(fact)
         fired: list[str] = []
         try:
             result = durable_rules_engine.assert_fact(self._handle, text)
@@ -123,3 +125,24 @@ class Matcher:
             durable_rules_engine.delete_ruleset(self._handle)
             self._handle = None
         self._cache.clear()
+
+
+def encode_json(value: Any) -> str:
+    """Encode a value as JSON that durable-rules can parse.
+
+    durable-rules refuses an exponent without a decimal point (`1e-05`,
+    `1e+20`), which is how Python writes very small and very large floats;
+    such a float gets `.0` in its mantissa (`1.0e-05`).
+    """
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, mark, exponent = text.partition("e")
+        if mark and "." not in mantissa:
+            return f"{mantissa}.0e{exponent}"
+        return text
+    if isinstance(value, dict):
+        items = (f"{json.dumps(k)}:{encode_json(v)}" for k, v in value.items())
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(encode_json(item) for item in value) + "]"
+    return json.dumps(value)
