@@ -34,10 +34,10 @@ from typing import IO, Any
 
 import orjson
 import structlog
-from pydantic import BaseModel, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from engine.errors import ConfigurationError
-from engine.event_data import DATA_MODELS, describe_validation_error
+from engine.event_data import DATA_MODELS, METRIC_FIELDS, describe_validation_error
 from engine.synthetic_data import DataSynthesiser, ProjectPool, synthesiser_for
 
 __all__ = [
@@ -378,9 +378,7 @@ def _value_events(
     series: Series, mode: ValueMode, options: ImportOptions
 ) -> list[TimedLine]:
     model = DATA_MODELS.get(options.event_type)
-    if options.event_type == "metrics.sampled" and (
-        model is None or mode.field not in model.model_fields
-    ):
+    if options.event_type == "metrics.sampled" and mode.field not in METRIC_FIELDS:
         raise ConfigurationError(
             f"The field {mode.field!r} is not a metric of metrics.sampled events."
         )
@@ -403,11 +401,11 @@ def _check_data(
     path: str,
     line: int,
     event_type: str,
-    model: type[BaseModel],
+    model: TypeAdapter[Any],
     data: dict[str, Any],
 ) -> None:
     try:
-        model.model_validate(data)
+        model.validate_python(data)
     except ValidationError as error:
         detail = describe_validation_error([dict(entry) for entry in error.errors()])
         raise ConfigurationError(

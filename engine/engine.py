@@ -45,7 +45,7 @@ log = structlog.get_logger(__name__)
 
 # How often, in event time, idle keys, expired cooldowns and coalescing
 # entries are swept away; sweeping is linear in the number of keys.
-_SWEEP_INTERVAL = 60.0
+_SWEEP_INTERVAL = 300.0
 
 
 class EventView:
@@ -252,8 +252,11 @@ class Engine:
             return
         paths, targets = route
         view = EventView(event)
-        values = tuple(encode_value(view.read(path)) for path, _ in paths)
-        key = (event.type, *(_hashable(v) for v in values))
+        if paths:
+            values = tuple(encode_value(view.read(path)) for path, _ in paths)
+            key: Any = (event.type, *(_hashable(v) for v in values))
+        else:
+            values, key = (), event.type
         plan = self._plans.get(key)
         if plan is None:
             fact: dict[str, Any] = {"k": "e", "t": event.type}
@@ -389,6 +392,41 @@ class Engine:
                 self._coalesce[key] = {"until": at + plan.interval, "interval": plan.interval, "pending": None}
             self._execute(record, runtime)
 
+    def fire_event(self, runtime: RuleRuntime, view: EventView) -> None:
+        """Fire an event rule; a burst of held static actions costs little.
+
+        When every action of the rule is static and inside its coalescing
+        interval, nothing is rendered or explained now: the held entry keeps
+        the event and the explanation is built if and when it runs.
+        """
+        at = view.ts
+        plans = self._action_plans(runtime)
+        coalesce = self._coalesce
+        entries = []
+        for plan in plans:
+            entry = coalesce.get(plan.key) if plan.static and plan.interval else None
+            if entry is None or at >= entry["until"]:
+                why = Explanation(runtime.description, None, [view.id], runtime.version)
+                self.fire(runtime, view.summary(), at, {"key": None}, why, view.mapping())
+                return
+            entries.append(entry)
+        self.stats.fires[runtime.name] += 1
+        for plan, entry in zip(plans, entries, strict=True):
+            if entry["pending"] is None:
+                self.schedule(entry["until"], "#coalesce", plan.key)
+            entry["pending"] = (runtime.name, plan.position, plan.action, plan.params, view, None)
+            self.stats.coalesced[runtime.name] += 1
+
+    def _materialize(self, pending: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Turn a held entry that kept its event into plain data."""
+        rule, position, action, params, trigger, why = pending
+        if isinstance(trigger, EventView):
+            runtime = self.runtimes.get(rule)
+            description = runtime.description if runtime is not None else ""
+            why = Explanation(description, None, [trigger.id], self.ruleset.version)
+            trigger = trigger.summary()
+        return (rule, position, action, params, trigger, why)
+
     def _hold(
         self,
         entry: dict[str, Any],
@@ -415,7 +453,8 @@ class Engine:
         entry = self._coalesce.get(key)
         if entry is None or entry["pending"] is None:
             return
-        rule_name, position, action, params, trigger, why = entry["pending"]
+        pending = self._materialize(entry["pending"])
+        rule_name, position, action, params, trigger, why = pending
         entry["pending"] = None
         entry["until"] = due + entry["interval"]
         runtime = self.runtimes.get(rule_name)
@@ -502,7 +541,7 @@ class Engine:
         for key, entry in self._coalesce.items():
             pending = entry["pending"]
             if pending is not None:
-                rule, position, action, params, trigger, why = pending
+                rule, position, action, params, trigger, why = self._materialize(pending)
                 pending = [rule, position, action, params, trigger, why.to_mapping()]
             coalesce.append([list(key), {**entry, "pending": pending}])
         return {

@@ -217,14 +217,18 @@ def event_from_mapping(mapping: Any) -> Event:
     """
     if type(mapping) is not dict:
         raise EventRejected(
-            "not_an_object", "The event is not a JSON object; each line holds one event."
+            "not_an_object",
+            "The event is not a JSON object; each line holds one event.",
         )
 
     # Envelope attributes: one cheap test for the common case, the precise
     # diagnosis only when it fails.
     get = mapping.get
     event_id, source, event_type, time_text = (
-        get("id"), get("source"), get("type"), get("time")
+        get("id"),
+        get("source"),
+        get("type"),
+        get("time"),
     )
     if not (
         get("specversion") == "1.0"
@@ -263,7 +267,8 @@ def event_from_mapping(mapping: Any) -> Event:
         except ValidationError as error:
             detail = describe_validation_error(error.errors())  # type: ignore[arg-type]
             raise EventRejected(
-                "invalid_data", f"The data of a {event_type} event is invalid: {detail}."
+                "invalid_data",
+                f"The data of a {event_type} event is invalid: {detail}.",
             ) from error
 
     extra: dict[str, Any] = {}
@@ -283,7 +288,4 @@ def event_from_mapping(mapping: Any) -> Event:
 
 
 _ENVELOPE = frozenset((*_REQUIRED, "data", "subject"))
-_VALIDATORS = {
-    name: model.__pydantic_validator__.validate_python
-    for name, model in DATA_MODELS.items()
-}
+_VALIDATORS = {name: adapter.validate_python for name, adapter in DATA_MODELS.items()}

@@ -115,8 +115,7 @@ class EventRuntime(RuleRuntime):
             engine.stats.count_suppressed(self.name)
             return
         self.last_fire[None] = now
-        why = Explanation(self.description, None, [event.id], self.version)
-        engine.fire(self, event.summary(), now, {"key": None}, why, event.mapping())
+        engine.fire_event(self, event)
 
 
 @dataclass

@@ -74,7 +74,7 @@ def test_synthesised_data_fits_each_model(event_type: str) -> None:
     model = DATA_MODELS[event_type]
 
     for number in range(200):
-        model.model_validate(synthesise(rng, f"e-{number}", 0))
+        model.validate_python(synthesise(rng, f"e-{number}", 0))
 
 
 def test_project_and_funding_data_agree_on_the_goal() -> None:
