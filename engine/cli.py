@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "engine.commands.replay",
     "engine.commands.import_csv",
     "engine.commands.build_demo",
+    "engine.commands.validate",
 )
 
 

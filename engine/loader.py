@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from engine.durations import format_duration
 from engine.errors import HandlerNotFound, RuleLoadError, RuleProblem
+from engine.event_data import DATA_MODELS
 from engine.rule_model import RuleFile, RuleSpec, Settings, TierConfig, check_conditions
 from engine.templates import ROOTS, find_placeholders
 from engine.yaml_source import Marks, YamlSyntaxError, load_with_marks
@@ -23,6 +26,19 @@ from handlers.registry import HandlerRegistry
 __all__ = ["LoadedRule", "RuleSet", "check_rules", "load_rules"]
 
 RULE_SUFFIXES = (".yaml", ".yml")
+# A custom event type is namespaced like the platform's own (`project.funded`);
+# a bare word is almost always a typo of a known type.
+_NAMESPACED_TYPE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+$")
+# Hints for constraint errors that pydantic words without the reason.
+_CONSTRAINT_HINTS = {
+    "hysteresis": "a hysteresis is a fraction of the boundary, such as 0.1 for 10%",
+}
+_ModelT = TypeVar("_ModelT", bound=BaseModel)
+# Time spans that must fit in the state retention, by their label.
+_SPAN_PATHS = {
+    "window": ("aggregate", "window"),
+    "correlate.within": ("correlate", "within"),
+}
 _FIELD_NAMES = {
     "rule": list(RuleSpec.model_fields) + ["for"],
 }
@@ -59,6 +75,8 @@ class _FileResult:
     parsed: RuleFile | None
     marks: Marks
     problems: list[RuleProblem]
+    # The valid rules with their index in the file's `rules` list.
+    rules: list[tuple[int, RuleSpec]] = field(default_factory=list)
 
 
 def _rule_name_at(raw: Any, index: Any) -> str | None:
@@ -114,6 +132,8 @@ def _hint_for(error: dict[str, Any]) -> str | None:
     message = str(error.get("msg", ""))
     if "Hint:" in message:
         return message.split("Hint:", 1)[1].strip().rstrip(".")
+    if loc and str(loc[-1]) in _CONSTRAINT_HINTS:
+        return _CONSTRAINT_HINTS[str(loc[-1])]
     return None
 
 
@@ -127,6 +147,9 @@ def _message_for(error: dict[str, Any]) -> str:
         return f"{loc} is not a field of the rule language."
     if kind == "missing":
         return f"{loc} is required."
+    # pydantic's own messages are phrases; end them as sentences.
+    if not message.endswith("."):
+        message += "."
     return f"{loc}: {message}" if loc else message
 
 
@@ -140,7 +163,9 @@ def _parse_file(path: Path) -> _FileResult:
     try:
         raw, marks = load_with_marks(text)
     except YamlSyntaxError as error:
-        problem = RuleProblem(name, error.line, error.column, None, str(error))
+        problem = RuleProblem(
+            name, error.line, error.column, None, str(error), error.hint
+        )
         return _FileResult(name, None, Marks(), [problem])
     if raw is None:
         raw = {}
@@ -155,30 +180,54 @@ def _parse_file(path: Path) -> _FileResult:
         )
         return _FileResult(name, None, marks, [problem])
 
-    problems: list[RuleProblem] = []
+    # Each rule is validated on its own, so that one broken rule does not
+    # hide the problems of the other rules of the file.
+    result = _FileResult(name, None, marks, [])
+    items = raw.get("rules")
+    if not isinstance(items, list):
+        result.parsed = _validate(RuleFile, raw, (), raw, result)
+        if result.parsed is not None:
+            result.rules = list(enumerate(result.parsed.rules))
+        return result
+    head = {key: value for key, value in raw.items() if key != "rules"}
+    result.parsed = _validate(RuleFile, head, (), raw, result)
+    for index, item in enumerate(items):
+        spec = _validate(RuleSpec, item, ("rules", index), raw, result)
+        if spec is not None:
+            result.rules.append((index, spec))
+    return result
+
+
+def _validate(
+    model: type[_ModelT],
+    value: Any,
+    prefix: tuple[str | int, ...],
+    raw: Any,
+    result: _FileResult,
+) -> _ModelT | None:
     try:
-        parsed: RuleFile | None = RuleFile.model_validate(raw)
+        return model.model_validate(value)
     except ValidationError as error:
-        parsed = None
         for item in error.errors():
-            loc = tuple(item["loc"])
-            line, column = marks.locate(loc)
+            loc = (*prefix, *item["loc"])
+            line, column = result.marks.locate(loc)
             rule = (
                 _rule_name_at(raw, loc[1])
                 if len(loc) > 1 and loc[0] == "rules"
                 else None
             )
-            problems.append(
+            located = {**item, "loc": loc}
+            result.problems.append(
                 RuleProblem(
-                    name,
+                    result.path,
                     line,
                     column,
                     rule,
-                    _message_for(dict(item)),
-                    _hint_for(dict(item)),
+                    _message_for(located),
+                    _hint_for(located),
                 )
             )
-    return _FileResult(name, parsed, marks, problems)
+        return None
 
 
 def _check_actions(
@@ -243,10 +292,40 @@ def _check_actions(
                         pcol,
                         rule.name,
                         f"Bad parameter {detail} for {spec.action!r}: {message}.",
-                        _hint_for(dict(item)),
+                        _param_hint(handler.Params, dict(item)),
                     )
                 )
     return problems
+
+
+def _param_hint(params: type[BaseModel], error: dict[str, Any]) -> str | None:
+    """Say what a handler parameter takes, from the handler's own model."""
+    loc = error.get("loc", ())
+    fields = params.model_json_schema().get("properties", {})
+    name = str(loc[0]) if loc else ""
+    if error.get("type") == "extra_forbidden":
+        close = difflib.get_close_matches(name, list(fields), n=1)
+        return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(fields)}"
+    if error.get("type") == "missing":
+        return f"add '{name}'"
+    schema = fields.get(name)
+    if schema is None or len(loc) != 1:
+        return None
+    if "enum" in schema:
+        return f"{name} takes one of {', '.join(map(repr, schema['enum']))}"
+    limits = [
+        f"{word} {schema[key]:g}"
+        for key, word in (
+            ("exclusiveMinimum", "above"),
+            ("minimum", "at least"),
+            ("exclusiveMaximum", "below"),
+            ("maximum", "at most"),
+        )
+        if key in schema
+    ]
+    kind = {"number": "a number", "integer": "a whole number", "string": "text"}
+    taken = kind.get(schema.get("type", ""), "a value")
+    return f"{name} takes {taken}" + (f" {' and '.join(limits)}" if limits else "")
 
 
 def check_rules(
@@ -281,18 +360,19 @@ def check_rules(
     rules: list[LoadedRule] = []
     tiers: dict[str, TierConfig] = {}
     settings: Settings | None = None
-    seen: dict[str, LoadedRule] = {}
+    # Where each rule name was first written: file, line, column.
+    seen: dict[str, tuple[str, int, int]] = {}
+    # Where each rule's time spans are written, for the retention check.
+    spans: dict[tuple[str, str], tuple[int, int]] = {}
     digest = hashlib.sha256()
 
     for file in files:
         result = _parse_file(file)
         digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
         problems += result.problems
-        if result.parsed is None:
-            continue
 
         # File-level sections
-        if result.parsed.tiers:
+        if result.parsed is not None and result.parsed.tiers:
             if tiers:
                 line, column = result.marks.locate(("tiers",))
                 problems.append(
@@ -306,7 +386,7 @@ def check_rules(
                     )
                 )
             tiers.update(result.parsed.tiers)
-        if result.parsed.settings is not None:
+        if result.parsed is not None and result.parsed.settings is not None:
             if settings is not None:
                 line, column = result.marks.locate(("settings",))
                 problems.append(
@@ -321,42 +401,130 @@ def check_rules(
                 )
             settings = result.parsed.settings
 
-        for index, spec in enumerate(result.parsed.rules):
+        for index, spec in result.rules:
             line, column = result.marks.locate(("rules", index))
             for where, message in check_conditions(spec):
                 cline, ccol = result.marks.locate(("rules", index, *where))
                 problems.append(
                     RuleProblem(result.path, cline, ccol, spec.name, message)
                 )
+            problems += _check_event_types(result, index, spec)
+            problems += _check_reachable(result, index, spec)
             problems += _check_actions(result, index, spec, registry)
             loaded = LoadedRule(spec, result.path, line, len(rules))
+            nline, ncol = result.marks.locate(("rules", index, "name"))
             if spec.name in seen:
-                first = seen[spec.name]
-                nline, ncol = result.marks.locate(("rules", index, "name"))
-                problems.append(
-                    RuleProblem(
-                        result.path,
-                        nline,
-                        ncol,
-                        spec.name,
-                        "Two rules share this name.",
-                        f"the other is at {first.file}:{first.line}; rename one",
-                    )
-                )
+                problems += _name_clash(spec.name, seen, (result.path, nline, ncol))
                 continue
-            seen[spec.name] = loaded
+            seen[spec.name] = (result.path, nline, ncol)
             rules.append(loaded)
+            for label, where in _SPAN_PATHS.items():
+                spans[(spec.name, label)] = result.marks.locate(
+                    ("rules", index, *where)
+                )
 
     settings = settings or Settings()
-    problems += _check_cross_file(rules, tiers, settings)
+    problems += _check_cross_file(rules, tiers, settings, spans)
     if problems:
         return None, problems
     version = digest.hexdigest()[:12]
     return RuleSet(rules, tiers, settings, version, [str(f) for f in files]), []
 
 
+def _name_clash(
+    name: str,
+    seen: dict[str, tuple[str, int, int]],
+    here: tuple[str, int, int],
+) -> list[RuleProblem]:
+    """Report a repeated name at both places, each pointing at the other."""
+    first = seen[name]
+    message = "Two rules share this name."
+    return [
+        RuleProblem(*here, name, message, f"the other is at {_at(first)}; rename one"),
+        RuleProblem(*first, name, message, f"the other is at {_at(here)}; rename one"),
+    ]
+
+
+def _at(place: tuple[str, int, int]) -> str:
+    return f"{place[0]}:{place[1]}:{place[2]}"
+
+
+def _check_event_types(
+    result: _FileResult, index: int, spec: RuleSpec
+) -> list[RuleProblem]:
+    """Report event types that no event could carry.
+
+    A namespaced type that the platform does not know is accepted: custom
+    events are generic events. A bare word is refused rather than warned
+    about, because a rule that reads a misspelt type loads fine and then
+    silently never fires.
+    """
+    where: list[tuple[tuple[str | int, ...], list[str]]] = [(("on",), spec.on or [])]
+    if spec.aggregate is not None:
+        where += [
+            (("aggregate", "plus"), spec.aggregate.plus),
+            (("aggregate", "minus"), spec.aggregate.minus),
+        ]
+    if spec.correlate is not None:
+        where += [
+            (("correlate", "first", "on"), spec.correlate.first.on),
+            (("correlate", "then", "on"), spec.correlate.then.on),
+        ]
+    problems: list[RuleProblem] = []
+    for path, types in where:
+        for position, event_type in enumerate(types):
+            if event_type in DATA_MODELS or _NAMESPACED_TYPE.match(event_type):
+                continue
+            line, column = result.marks.locate(("rules", index, *path, position))
+            close = difflib.get_close_matches(event_type, list(DATA_MODELS), n=1)
+            hint = (
+                f"did you mean {close[0]!r}?"
+                if close
+                else "name a custom type like 'billing.invoice_paid'"
+            )
+            problems.append(
+                RuleProblem(
+                    result.path,
+                    line,
+                    column,
+                    spec.name,
+                    f"The event type {event_type!r} is neither a platform event "
+                    "type nor namespaced like 'source.event', so no event "
+                    "would match it.",
+                    hint,
+                )
+            )
+    return problems
+
+
+def _check_reachable(
+    result: _FileResult, index: int, spec: RuleSpec
+) -> list[RuleProblem]:
+    """Report a threshold that a count can never cross."""
+    aggregate, threshold = spec.aggregate, spec.threshold
+    if aggregate is None or threshold is None or threshold.below is None:
+        return []
+    if aggregate.fn not in ("count", "distinct") or threshold.below > 0:
+        return []
+    line, column = result.marks.locate(("rules", index, "threshold", "below"))
+    return [
+        RuleProblem(
+            result.path,
+            line,
+            column,
+            spec.name,
+            f"A {aggregate.fn} is never below {threshold.below:g}, so the rule "
+            "could never fire.",
+            "use a bound above 0; 'below: 1' fires when no event came",
+        )
+    ]
+
+
 def _check_cross_file(
-    rules: list[LoadedRule], tiers: dict[str, TierConfig], settings: Settings
+    rules: list[LoadedRule],
+    tiers: dict[str, TierConfig],
+    settings: Settings,
+    spans: dict[tuple[str, str], tuple[int, int]] | None = None,
 ) -> list[RuleProblem]:
     problems: list[RuleProblem] = []
     retention = settings.state_retention
@@ -372,20 +540,24 @@ def _check_cross_file(
         )
     for loaded in rules:
         spec = loaded.spec
-        spans = []
+        lengths = []
         if spec.aggregate is not None and spec.aggregate.window is not None:
-            spans.append(("window", spec.aggregate.window))
+            lengths.append(("window", spec.aggregate.window))
         if spec.correlate is not None:
-            spans.append(("correlate.within", spec.correlate.within))
-        for label, seconds in spans:
+            lengths.append(("correlate.within", spec.correlate.within))
+        for label, seconds in lengths:
             if seconds > retention:
+                line, column = (spans or {}).get((spec.name, label), (loaded.line, 1))
                 problems.append(
                     RuleProblem(
                         loaded.file,
-                        loaded.line,
-                        1,
+                        line,
+                        column,
                         spec.name,
-                        f"The {label} of {seconds:g}s is longer than the state retention of {retention:g}s, so its state would be dropped too early.",
+                        f"The {label} of {format_duration(seconds)} is longer "
+                        "than the state retention of "
+                        f"{format_duration(retention)}, so its state would be "
+                        "dropped too early.",
                         "shorten it or raise settings.state_retention",
                     )
                 )

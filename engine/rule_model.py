@@ -116,15 +116,29 @@ class ActionSpec(_Model):
 class Aggregate(_Model):
     """A value computed over a sliding window of event time."""
 
-    fn: Literal["count", "sum", "avg", "min", "max", "distinct", "latest", "balance"]
+    fn: Literal[
+        "count", "sum", "avg", "min", "max", "distinct", "latest", "balance"
+    ] = Field(
+        description=(
+            "The function: count events, sum/avg/min/max/latest a field, count "
+            "distinct values, or keep a balance of plus minus minus events."
+        )
+    )
     field: str | list[str] | None = Field(
         default=None,
         description="Path of the value; a list of paths is summed per event.",
     )
-    window: Duration | None = None
+    window: Duration | None = Field(
+        default=None, description="The sliding window of event time."
+    )
     by: str | None = Field(default=None, description="Path of the grouping key.")
-    plus: list[str] = Field(default_factory=list)
-    minus: list[str] = Field(default_factory=list)
+    plus: list[str] = Field(
+        default_factory=list, description="Event types that add one to a balance."
+    )
+    minus: list[str] = Field(
+        default_factory=list,
+        description="Event types that take one from a balance.",
+    )
     resolution: Duration | None = Field(
         default=None, description="Bucket width; window/60 (at least 1s) by default."
     )
@@ -150,8 +164,12 @@ class Aggregate(_Model):
 class Threshold(_Model):
     """Fire when the aggregate crosses a bound, with hysteresis."""
 
-    above: float | None = None
-    below: float | None = None
+    above: float | None = Field(
+        default=None, description="Fire when the value rises above this."
+    )
+    below: float | None = Field(
+        default=None, description="Fire when the value falls below this."
+    )
     clear_below: float | None = Field(
         default=None, description="Re-arm only once the value falls below this."
     )
@@ -174,16 +192,18 @@ class Threshold(_Model):
                 raise ValueError("An 'above' threshold re-arms with 'clear_below'.")
             if self.clear_below is not None and self.clear_below > self.above:
                 raise ValueError(
-                    f"clear_below {self.clear_below} is above the threshold "
-                    f"{self.above}, so the rule could never re-arm."
+                    f"clear_below {self.clear_below:g} is above the threshold "
+                    f"{self.above:g}, so the rule could never re-arm. Hint: set "
+                    f"clear_below under {self.above:g}."
                 )
         if self.below is not None:
             if self.clear_below is not None:
                 raise ValueError("A 'below' threshold re-arms with 'clear_above'.")
             if self.clear_above is not None and self.clear_above < self.below:
                 raise ValueError(
-                    f"clear_above {self.clear_above} is below the threshold "
-                    f"{self.below}, so the rule could never re-arm."
+                    f"clear_above {self.clear_above:g} is below the threshold "
+                    f"{self.below:g}, so the rule could never re-arm. Hint: set "
+                    f"clear_above over {self.below:g}."
                 )
         return self
 
@@ -191,14 +211,18 @@ class Threshold(_Model):
 class Band(_Model):
     """One band of a classification: values below `below` (or any, if last)."""
 
-    name: str
-    below: float | None = None
+    name: str = Field(description="The band's name, passed to actions as band.")
+    below: float | None = Field(
+        default=None, description="Values under this bound; the last band has none."
+    )
 
 
 class Classify(_Model):
     """Place the aggregate in one of ordered bands, without flapping."""
 
-    bands: list[Band] = Field(min_length=2)
+    bands: list[Band] = Field(
+        min_length=2, description="At least two bands, lowest bound first."
+    )
     hysteresis: float = Field(
         default=0.0,
         ge=0,
@@ -222,7 +246,10 @@ class Classify(_Model):
             raise ValueError("Every band but the last needs 'below'.")
         finite = [b for b in bounds[:-1] if b is not None]
         if finite != sorted(finite) or len(set(finite)) != len(finite):
-            raise ValueError("Band bounds must rise strictly from first to last.")
+            raise ValueError(
+                "Band bounds must rise strictly from first to last. Hint: order "
+                "the bands from the lowest 'below' to the highest."
+            )
         if self.initial is not None and self.initial not in names:
             raise ValueError(f"The initial band {self.initial!r} is not a band.")
         return self
@@ -232,34 +259,49 @@ class CorrelationSide(_Model):
     """One side of a correlation: event types and an optional condition."""
 
     on: EventTypes
-    when: ConditionField | None = None
+    when: ConditionField | None = Field(
+        default=None, description="Field tests this side's event must pass."
+    )
 
 
 class Correlate(_Model):
     """Fire when `then` follows `first` with the same key within a time."""
 
-    first: CorrelationSide
-    then: CorrelationSide
+    first: CorrelationSide = Field(description="The event that opens a pair.")
+    then: CorrelationSide = Field(description="The event that completes a pair.")
     key: str = Field(description="Path of the key both events share.")
-    within: Duration
-    max_pending: int = Field(default=100_000, gt=0)
+    within: Duration = Field(description="The longest time from first to then.")
+    max_pending: int = Field(
+        default=100_000, gt=0, description="Open pairs kept before the oldest go."
+    )
 
 
 class RuleSpec(_Model):
     """One rule as written in a rule file."""
 
-    name: str
-    description: str | None = None
+    name: str = Field(
+        description="Unique name: lower-case letters, digits, '-', '_' or '.'."
+    )
+    description: str | None = Field(
+        default=None, description="What the rule is for, in words."
+    )
     priority: int = Field(default=0, description="Higher fires first.")
-    mode: Literal["active", "shadow"] = "active"
+    mode: Literal["active", "shadow"] = Field(
+        default="active",
+        description="'shadow' records the actions without carrying them out.",
+    )
     on: EventTypes | None = None
     when: ConditionField | None = None
     aggregate: Aggregate | None = None
     threshold: Threshold | None = None
     classify: Classify | None = None
     correlate: Correlate | None = None
-    cooldown: Duration | None = None
-    actions: list[ActionSpec] = Field(min_length=1)
+    cooldown: Duration | None = Field(
+        default=None, description="After firing, stay quiet for this long."
+    )
+    actions: list[ActionSpec] = Field(
+        min_length=1, description="What to do when the rule fires, in order."
+    )
 
     @field_validator("name")
     @classmethod
@@ -306,6 +348,8 @@ class RuleSpec(_Model):
 
 
 class FunctionsConfig(_Model):
+    """Cloud Functions memory, timeout and instance bounds of a tier."""
+
     memoryMb: int = Field(gt=0)
     timeoutSeconds: int = Field(gt=0)
     minInstances: int = Field(ge=0)
@@ -313,16 +357,22 @@ class FunctionsConfig(_Model):
 
 
 class FirestoreConfig(_Model):
+    """Firestore throughput ceilings of a tier."""
+
     readsPerSecond: int = Field(gt=0)
     writesPerSecond: int = Field(gt=0)
 
 
 class StorageConfig(_Model):
+    """Storage bandwidth and size of a tier."""
+
     bandwidthMbps: int = Field(gt=0)
     sizeGb: int = Field(gt=0)
 
 
 class FeatureFlags(_Model):
+    """Platform features a tier turns on."""
+
     caching: bool = False
     cdn: bool = False
     multiRegion: bool = False
@@ -331,6 +381,8 @@ class FeatureFlags(_Model):
 
 
 class AlertThresholds(_Model):
+    """Alert bounds that apply in a tier."""
+
     responseTimeMs: float = Field(gt=0)
     errorRate: float = Field(gt=0, le=1)
     cpuPercent: float = Field(gt=0, le=100)
@@ -355,18 +407,33 @@ class TierConfig(_Model):
 class Settings(_Model):
     """Engine settings that rule files may set."""
 
-    initial_tier: str | None = None
-    state_retention: Duration = 30 * 86400.0
-    dedup_retention: Duration = 7 * 86400.0
+    initial_tier: str | None = Field(
+        default=None, description="The tier before any rule changes it."
+    )
+    # The schema shows the defaults as written in rule files, not in seconds.
+    state_retention: Duration = Field(
+        default=30 * 86400.0,
+        description="How long rule state is kept; no window may be longer.",
+        json_schema_extra={"default": "30d"},
+    )
+    dedup_retention: Duration = Field(
+        default=7 * 86400.0,
+        description="How long event ids are remembered to drop redeliveries.",
+        json_schema_extra={"default": "7d"},
+    )
 
 
 class RuleFile(_Model):
     """The content of one rule file."""
 
-    version: Literal[1] = 1
-    settings: Settings | None = None
-    tiers: dict[str, TierConfig] | None = None
-    rules: list[RuleSpec] = Field(default_factory=list)
+    version: Literal[1] = Field(default=1, description="The rule language version.")
+    settings: Settings | None = Field(
+        default=None, description="Engine settings; in one file of a directory."
+    )
+    tiers: dict[str, TierConfig] | None = Field(
+        default=None, description="Platform tiers by name; in one file only."
+    )
+    rules: list[RuleSpec] = Field(default_factory=list, description="The rules.")
 
 
 def check_conditions(rule: RuleSpec) -> list[tuple[tuple[str | int, ...], str]]:

@@ -21,10 +21,13 @@ Path = tuple[str | int, ...]
 class YamlSyntaxError(ValueError):
     """The text is not well-formed YAML, or a mapping repeats a key."""
 
-    def __init__(self, message: str, line: int, column: int) -> None:
+    def __init__(
+        self, message: str, line: int, column: int, hint: str | None = None
+    ) -> None:
         super().__init__(message)
         self.line = line
         self.column = column
+        self.hint = hint
 
 
 class Marks:
@@ -80,6 +83,7 @@ def _build(node: yaml.Node, path: Path, marks: Marks, constructor: _Constructor)
                     f"The key {key!r} appears twice in one mapping.",
                     key_node.start_mark.line + 1,
                     key_node.start_mark.column + 1,
+                    "keep one of them; YAML readers differ on which one wins",
                 )
             result[key] = _build(value_node, (*path, key), marks, constructor)
         return result
@@ -104,8 +108,14 @@ def load_with_marks(text: str) -> tuple[Any, Marks]:
         mark = error.problem_mark
         line = mark.line + 1 if mark else 1
         column = mark.column + 1 if mark else 1
+        hint = (
+            "indent with spaces; YAML does not allow tabs"
+            if "'\\t'" in str(error.problem)
+            else "check the indentation, the closing brackets and quotes on "
+            "this line or the one before it"
+        )
         raise YamlSyntaxError(
-            f"The file is not valid YAML: {error.problem}.", line, column
+            f"The file is not valid YAML: {error.problem}.", line, column, hint
         ) from error
     if node is None:
         return None, marks
