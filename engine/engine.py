@@ -414,8 +414,9 @@ class Engine:
         for plan, entry in zip(plans, entries, strict=True):
             if entry["pending"] is None:
                 self.schedule(entry["until"], "#coalesce", plan.key)
+            else:
+                self.stats.coalesced[entry["pending"][0]] += 1
             entry["pending"] = (runtime.name, plan.position, plan.action, plan.params, view, None)
-            self.stats.coalesced[runtime.name] += 1
 
     def _materialize(self, pending: tuple[Any, ...]) -> tuple[Any, ...]:
         """Turn a held entry that kept its event into plain data."""
@@ -446,8 +447,12 @@ class Engine:
         """
         if entry["pending"] is None:
             self.schedule(entry["until"], "#coalesce", key)
+        else:
+            # Only the action replaced is coalesced away: the one held runs
+            # when the interval ends, so every action decided either runs
+            # or is counted here once.
+            self.stats.coalesced[entry["pending"][0]] += 1
         entry["pending"] = (runtime.name, plan.position, plan.action, params if params is not None else plan.params, trigger, why)
-        self.stats.coalesced[runtime.name] += 1
 
     def _flush_coalesced(self, key: tuple[str, str], due: float) -> None:
         entry = self._coalesce.get(key)
