@@ -210,7 +210,11 @@ def _validate(
     except ValidationError as error:
         for item in error.errors():
             loc = (*prefix, *item["loc"])
-            line, column = result.marks.locate(loc)
+            # An unknown field is the key's fault, not its value's.
+            if item["type"] == "extra_forbidden":
+                line, column = result.marks.locate_key(loc)
+            else:
+                line, column = result.marks.locate(loc)
             rule = (
                 _rule_name_at(raw, loc[1])
                 if len(loc) > 1 and loc[0] == "rules"

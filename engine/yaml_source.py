@@ -35,10 +35,20 @@ class Marks:
 
     def __init__(self) -> None:
         self._positions: dict[Path, tuple[int, int]] = {}
+        self._keys: dict[Path, tuple[int, int]] = {}
 
     def add(self, path: Path, node: yaml.Node) -> None:
         """Record where the value at `path` starts."""
         self._positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def add_key(self, path: Path, node: yaml.Node) -> None:
+        """Record where the mapping key of the value at `path` starts."""
+        self._keys[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def locate_key(self, path: Path) -> tuple[int, int]:
+        """Return the position of the key naming `path`, else `locate(path)`."""
+        found = self._keys.get(tuple(path))
+        return found if found is not None else self.locate(path)
 
     def locate(self, path: Path) -> tuple[int, int]:
         """Return the position of `path`, or of its nearest known ancestor."""
@@ -85,6 +95,7 @@ def _build(node: yaml.Node, path: Path, marks: Marks, constructor: _Constructor)
                     key_node.start_mark.column + 1,
                     "keep one of them; YAML readers differ on which one wins",
                 )
+            marks.add_key((*path, key), key_node)
             result[key] = _build(value_node, (*path, key), marks, constructor)
         return result
     if isinstance(node, yaml.SequenceNode):
