@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "engine.commands.import_csv",
     "engine.commands.build_demo",
     "engine.commands.validate",
+    "engine.commands.schema",
 )
 
 
