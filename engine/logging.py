@@ -28,6 +28,10 @@ def _add_severity(_: Any, method: str, event_dict: dict[str, Any]) -> dict[str, 
     return event_dict
 
 
+def _stderr_logger(*_: Any) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure_logging(log_format: str = "auto", level: str = "info") -> None:
     """Configure structlog for the process; logs go to standard error."""
     use_console = log_format == "console" or (
@@ -48,6 +52,8 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Looked up at each use, so a replaced sys.stderr (tests, daemons)
+        # is honoured rather than a stale, possibly closed, file.
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )

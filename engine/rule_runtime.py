@@ -163,7 +163,7 @@ class AggregateRuntime(RuleRuntime):
         )
         self.windows = WindowGroup()
         # durable-rules' verdict per aggregate value, for this rule only.
-        self._verdicts: dict[float, tuple[str, ...]] = {}
+        self._verdicts: dict[float, tuple[Any, Any]] = {}
         self.states: dict[Any, _KeyState] = {}
         self.threshold = self.spec.threshold
         self.classify = self.spec.classify
@@ -258,26 +258,43 @@ class AggregateRuntime(RuleRuntime):
         value = window.value(now)
         if value is None:
             return
-        names = self._verdicts.get(value)
-        if names is None:
-            names = engine.match_value(self.fact_name, value)
+        verdict = self._verdicts.get(value)
+        if verdict is None:
+            verdict = self._decode(engine.match_value(self.fact_name, value))
             if len(self._verdicts) >= 4096:
                 self._verdicts.clear()
-            self._verdicts[value] = names
+            self._verdicts[value] = verdict
+        state = self.states.get(key) or self._state(key)
         if self.threshold is not None:
-            self._evaluate_threshold(engine, key, now, value, names)
+            self._evaluate_threshold(engine, key, state, now, value, verdict)
         else:
-            self._evaluate_bands(engine, key, now, value, names)
+            self._evaluate_bands(engine, key, state, now, value, verdict)
+
+    def _decode(self, names: tuple[str, ...]) -> tuple[Any, Any]:
+        """Turn durable-rules' answer into (holds, clears) or (band, stays)."""
+        prefix = self.name
+        if self.threshold is not None:
+            return (f"{prefix}#fire" in names, f"{prefix}#clear" in names)
+        assert self.classify is not None
+        bands = [b.name for b in self.classify.bands]
+        inside = next((b for b in bands if f"{prefix}#in#{b}" in names), None)
+        stays = frozenset(b for b in bands if f"{prefix}#stay#{b}" in names)
+        return (inside, stays)
 
     def _evaluate_threshold(
-        self, engine: Engine, key: Any, now: float, value: float, names: tuple[str, ...]
+        self,
+        engine: Engine,
+        key: Any,
+        state: _KeyState,
+        now: float,
+        value: float,
+        verdict: tuple[bool, bool],
     ) -> None:
         threshold = self.threshold
         assert threshold is not None
-        state = self._state(key)
-        holds = f"{self.name}#fire" in names
+        holds, clears = verdict
         if state.fired:
-            if f"{self.name}#clear" in names:
+            if clears:
                 state.fired = False
                 state.pending_since = None
             elif holds and threshold.repeat is not None:
@@ -318,20 +335,20 @@ class AggregateRuntime(RuleRuntime):
             self._schedule(engine, key, state, now + self.threshold.repeat)
 
     def _evaluate_bands(
-        self, engine: Engine, key: Any, now: float, value: float, names: tuple[str, ...]
+        self,
+        engine: Engine,
+        key: Any,
+        state: _KeyState,
+        now: float,
+        value: float,
+        verdict: tuple[str | None, frozenset[str]],
     ) -> None:
         classify = self.classify
         assert classify is not None
-        state = self._state(key)
-        inside = next(
-            (b.name for b in classify.bands if f"{self.name}#in#{b.name}" in names),
-            None,
-        )
+        inside, stays = verdict
         if inside is None:
             return
-        if state.band == inside or (
-            state.band is not None and f"{self.name}#stay#{state.band}" in names
-        ):
+        if state.band == inside or state.band in stays:
             state.candidate = None
             state.pending_since = None
             return
