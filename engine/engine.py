@@ -196,6 +196,7 @@ class Engine:
 
     def _build(self, ruleset: RuleSet) -> None:
         compiled = compile_rules(ruleset)
+        self._dedup_retention = ruleset.settings.dedup_retention
         self._action_plan_cache: dict[str, list[_ActionPlan]] = {}
         self.matcher = Matcher(compiled.definition)
         self.runtimes: dict[str, RuleRuntime] = {
@@ -221,29 +222,35 @@ class Engine:
 
     def process(self, event: Event) -> list[ActionRecord]:
         """Process one accepted event; return the actions it caused."""
-        start = len(self.actions)
+        actions = self.actions
+        start = len(actions)
         if self.dedup and self._is_duplicate(event):
             self.stats.duplicates += 1
             return []
-        self.advance_to(event.ts)
+        if event.ts > self.clock:
+            self.advance_to(event.ts)
         self._dispatch(event)
-        while self._emitted:
-            self._dispatch(self._emitted.popleft())
+        if self._emitted:
+            while self._emitted:
+                self._dispatch(self._emitted.popleft())
         self.stats.processed += 1
-        return self.actions[start:]
+        return actions[start:] if len(actions) > start else []
 
     def _is_duplicate(self, event: Event) -> bool:
         seen = self._seen_ids
-        if event.id in seen:
+        event_id = event.id
+        if event_id in seen:
             return True
-        seen[event.id] = event.ts
-        self._seen_order.append((event.ts, event.id))
-        horizon = max(self.clock, event.ts) - self.ruleset.settings.dedup_retention
+        ts = event.ts
+        seen[event_id] = ts
         order = self._seen_order
-        while order and order[0][0] < horizon:
-            _, old = order.popleft()
-            if seen.get(old, horizon) < horizon:
-                del seen[old]
+        order.append((ts, event_id))
+        horizon = (ts if ts > self.clock else self.clock) - self._dedup_retention
+        if order[0][0] < horizon:
+            while order and order[0][0] < horizon:
+                _, old = order.popleft()
+                if seen.get(old, horizon) < horizon:
+                    del seen[old]
         return False
 
     def _dispatch(self, event: Event) -> None:
