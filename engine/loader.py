@@ -40,7 +40,7 @@ _SPAN_PATHS = {
     "correlate.within": ("correlate", "within"),
 }
 _FIELD_NAMES = {
-    "rule": list(RuleSpec.model_fields) + ["for"],
+    "rule": [*RuleSpec.model_fields, "for", *RuleFile.model_fields],
 }
 
 
@@ -275,7 +275,8 @@ def _check_actions(
                             pline,
                             pcol,
                             rule.name,
-                            f"The template {{{{ {placeholder} }}}} in params.{key} names an unknown value.",
+                            f"The template {{{{ {placeholder} }}}} in "
+                            f"params.{key} names an unknown value.",
                             f"start it with one of {', '.join(ROOTS)}",
                         )
                     )
@@ -286,7 +287,11 @@ def _check_actions(
                 loc = tuple(item["loc"])
                 if loc and loc[0] in templated:
                     continue
-                pline, pcol = result.marks.locate((*where, "params", *loc))
+                place = (*where, "params", *loc)
+                if item["type"] == "extra_forbidden":
+                    pline, pcol = result.marks.locate_key(place)
+                else:
+                    pline, pcol = result.marks.locate(place)
                 detail = ".".join(str(p) for p in loc) or "params"
                 message = str(item["msg"]).removeprefix("Value error, ")
                 problems.append(
@@ -364,9 +369,12 @@ def check_rules(
     rules: list[LoadedRule] = []
     tiers: dict[str, TierConfig] = {}
     settings: Settings | None = None
+    settings_file: str | None = None
+    tiers_file: str | None = None
     # Where each rule name was first written: file, line, column.
     seen: dict[str, tuple[str, int, int]] = {}
-    # Where each rule's time spans are written, for the retention check.
+    # Where the values that cross-file checks report are written: time
+    # spans, tier names; by (rule name or section, label).
     spans: dict[tuple[str, str], tuple[int, int]] = {}
     digest = hashlib.sha256()
 
@@ -378,7 +386,7 @@ def check_rules(
         # File-level sections
         if result.parsed is not None and result.parsed.tiers:
             if tiers:
-                line, column = result.marks.locate(("tiers",))
+                line, column = result.marks.locate_key(("tiers",))
                 problems.append(
                     RuleProblem(
                         result.path,
@@ -386,13 +394,15 @@ def check_rules(
                         column,
                         None,
                         "Tiers are defined in more than one file.",
-                        "keep the tiers in one file",
+                        f"keep the tiers in one file; {tiers_file} has them too",
                     )
                 )
+            else:
+                tiers_file = result.path
             tiers.update(result.parsed.tiers)
         if result.parsed is not None and result.parsed.settings is not None:
             if settings is not None:
-                line, column = result.marks.locate(("settings",))
+                line, column = result.marks.locate_key(("settings",))
                 problems.append(
                     RuleProblem(
                         result.path,
@@ -400,15 +410,22 @@ def check_rules(
                         column,
                         None,
                         "Settings are defined in more than one file.",
-                        "keep the settings in one file",
+                        f"keep the settings in one file; {settings_file} has "
+                        "them too",
                     )
                 )
             settings = result.parsed.settings
+            spans[("settings", "initial_tier")] = result.marks.locate(
+                ("settings", "initial_tier")
+            )
+            settings_file = result.path
 
         for index, spec in result.rules:
             line, column = result.marks.locate(("rules", index))
             for where, message in check_conditions(spec):
-                cline, ccol = result.marks.locate(("rules", index, *where))
+                # A condition's path ends at the key in question: an
+                # operator, a field path, `all` or `any`.
+                cline, ccol = result.marks.locate_key(("rules", index, *where))
                 problems.append(
                     RuleProblem(result.path, cline, ccol, spec.name, message)
                 )
@@ -426,9 +443,13 @@ def check_rules(
                 spans[(spec.name, label)] = result.marks.locate(
                     ("rules", index, *where)
                 )
+            for position, _ in enumerate(spec.actions):
+                spans[(spec.name, f"actions.{position}.to")] = result.marks.locate(
+                    ("rules", index, "actions", position, "params", "to")
+                )
 
     settings = settings or Settings()
-    problems += _check_cross_file(rules, tiers, settings, spans)
+    problems += _check_cross_file(rules, tiers, settings, spans, settings_file)
     if problems:
         return None, problems
     version = digest.hexdigest()[:12]
@@ -529,17 +550,25 @@ def _check_cross_file(
     tiers: dict[str, TierConfig],
     settings: Settings,
     spans: dict[tuple[str, str], tuple[int, int]] | None = None,
+    settings_file: str | None = None,
 ) -> list[RuleProblem]:
     problems: list[RuleProblem] = []
+    places = spans or {}
     retention = settings.state_retention
+    known = "define it under 'tiers'" + (
+        f" or use one of {', '.join(tiers)}" if tiers else ""
+    )
     if settings.initial_tier is not None and settings.initial_tier not in tiers:
+        line, column = places.get(("settings", "initial_tier"), (1, 1))
         problems.append(
             RuleProblem(
-                "settings",
-                1,
-                1,
+                settings_file or "settings",
+                line,
+                column,
                 None,
-                f"The initial tier {settings.initial_tier!r} is not defined under 'tiers'.",
+                f"The initial tier {settings.initial_tier!r} is not defined "
+                "under 'tiers'.",
+                known,
             )
         )
     for loaded in rules:
@@ -565,7 +594,7 @@ def _check_cross_file(
                         "shorten it or raise settings.state_retention",
                     )
                 )
-        for action in spec.actions:
+        for position, action in enumerate(spec.actions):
             target = action.params.get("to")
             if (
                 action.action == "change_tier"
@@ -573,13 +602,18 @@ def _check_cross_file(
                 and "{{" not in target
                 and target not in tiers
             ):
+                line, column = places.get(
+                    (spec.name, f"actions.{position}.to"), (loaded.line, 1)
+                )
                 problems.append(
                     RuleProblem(
                         loaded.file,
-                        loaded.line,
-                        1,
+                        line,
+                        column,
                         spec.name,
-                        f"change_tier names the tier {target!r}, which is not defined under 'tiers'.",
+                        f"change_tier names the tier {target!r}, which is not "
+                        "defined under 'tiers'.",
+                        known,
                     )
                 )
         if (
@@ -595,7 +629,8 @@ def _check_cross_file(
                         loaded.line,
                         1,
                         spec.name,
-                        f"The bands {', '.join(unknown)} are not tiers, but the rule changes the tier to its band.",
+                        f"The bands {', '.join(unknown)} are not tiers, but the "
+                        "rule changes the tier to its band.",
                     )
                 )
     return problems
