@@ -3,6 +3,8 @@
 The desired instance count of each target lives in the handler state
 (`scaling_targets/{target}`), so it is saved and restored with the engine.
 A target starts at the current tier's minimum (at least one instance).
+Given a publisher, the handler also announces each change as a
+`scaling.applied` event, for whatever applies capacity outside the engine.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from handlers.base import ActionRequest, Handler, HandlerContext
+from handlers.publishing import EventPublisher
 
 __all__ = ["ScaleHandler", "desired_replicas"]
 
@@ -40,6 +43,9 @@ class ScaleHandler(Handler):
     name: ClassVar[str] = "scale"
     Params = ScaleParams
 
+    def __init__(self, publisher: EventPublisher | None = None) -> None:
+        self._publisher = publisher
+
     def execute(
         self, request: ActionRequest, params: Any, context: HandlerContext
     ) -> dict[str, Any]:
@@ -53,6 +59,27 @@ class ScaleHandler(Handler):
         stored = context.state.get(NAMESPACE, params.target)
         current = int(stored["replicas"]) if stored else low
         replicas = desired_replicas(current, params.factor, low, high)
+        if self._publisher is not None:
+            # Published before the state changes: when publishing fails, the
+            # state is as before, so a retry of the action computes the same
+            # count and publishes an event with the same id.
+            self._publisher.publish(
+                "scaling.applied",
+                {
+                    "target": params.target,
+                    "previous": current,
+                    "replicas": replicas,
+                    "minInstances": low,
+                    "maxInstances": high,
+                    "factor": params.factor,
+                    "reason": params.reason,
+                    "rule": request.rule,
+                    "tier": tier,
+                },
+                action_id=request.id,
+                at=request.at,
+                subject=params.target,
+            )
         context.state.set(
             NAMESPACE,
             params.target,

@@ -2,7 +2,8 @@
 
 The current tier lives in the handler state (`system_config/tier`) with its
 history; a change emits `tier.changed` back into the engine so that rules
-may react to it.
+may react to it. Given a publisher, the handler also publishes that event,
+with the tier's configuration, for whatever applies it outside the engine.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.errors import HandlerError
 from handlers.base import ActionRequest, Handler, HandlerContext
+from handlers.publishing import EventPublisher
 
 __all__ = ["ChangeTierHandler"]
 
@@ -32,6 +34,9 @@ class ChangeTierHandler(Handler):
     name: ClassVar[str] = "change_tier"
     Params = ChangeTierParams
 
+    def __init__(self, publisher: EventPublisher | None = None) -> None:
+        self._publisher = publisher
+
     def execute(
         self, request: ActionRequest, params: Any, context: HandlerContext
     ) -> dict[str, Any]:
@@ -47,6 +52,23 @@ class ChangeTierHandler(Handler):
             return {"changed": False, "tier": previous}
 
         config = context.tiers[params.to].model_dump(mode="json")
+        if self._publisher is not None:
+            # Published before the state changes: when publishing fails, the
+            # tier stays as it was, so a retry of the action publishes an
+            # event with the same id.
+            self._publisher.publish(
+                "tier.changed",
+                {
+                    "from": previous,
+                    "to": params.to,
+                    "reason": params.reason,
+                    "rule": request.rule,
+                    "config": config,
+                },
+                action_id=request.id,
+                at=request.at,
+                subject=params.to,
+            )
         context.state.set(
             NAMESPACE,
             "tier",

@@ -1,0 +1,35 @@
+"""What a handler needs to announce an effect as a CloudEvent.
+
+Handlers depend on this small interface rather than on a Pub/Sub client,
+so that the engine runs without any cloud library and tests can record
+what would have been published.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+__all__ = ["EventPublisher"]
+
+
+class EventPublisher(Protocol):
+    """Publish one engine-made CloudEvent to a configured destination."""
+
+    def publish(
+        self,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        action_id: str,
+        at: float,
+        subject: str | None = None,
+    ) -> str:
+        """Publish an event whose id derives from `action_id`; return that id.
+
+        The same action always gives the same event id and body, so that a
+        redelivered trigger publishes a duplicate that consumers can drop.
+
+        Raises:
+            HandlerError: the destination refused the event;
+                TransientHandlerError if a retry may succeed.
+        """
