@@ -22,6 +22,9 @@ _COMMAND_MODULES = (
     "engine.commands.replay",
     "engine.commands.import_csv",
     "engine.commands.build_demo",
+    "engine.commands.provision",
+    "engine.commands.publish",
+    "engine.commands.record",
     "engine.commands.validate",
     "engine.commands.schema",
 )

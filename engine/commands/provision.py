@@ -1,0 +1,71 @@
+"""`rules-engine provision`: create the engine's topics and subscriptions."""
+
+from __future__ import annotations
+
+import argparse
+
+from infra.pubsub import provision
+
+__all__ = ["register"]
+
+# The order in which `provision` reports its resources.
+_RESOURCES = ("topic", "subscription", "dead_letter_topic", "dead_letter_subscription")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Declare the `provision` command."""
+    parser = subparsers.add_parser(
+        "provision",
+        help="create the Pub/Sub topics and subscriptions, if missing",
+        description=(
+            "Create the event topic, the engine's subscription with a "
+            "dead-letter policy, and the dead-letter topic with a subscription "
+            "that keeps its messages. Existing resources are left as they are; "
+            "running the command again changes nothing."
+        ),
+    )
+    parser.add_argument("--project", required=True, help="Google Cloud project id")
+    parser.add_argument("--topic", required=True, help="topic that carries events")
+    parser.add_argument(
+        "--subscription", required=True, help="the engine's subscription to --topic"
+    )
+    parser.add_argument(
+        "--dead-letter-topic",
+        help="topic for events that cannot be processed (default: TOPIC-dead-letter)",
+    )
+    parser.add_argument(
+        "--dead-letter-subscription",
+        help=("subscription that keeps dead letters (default: DEAD_LETTER_TOPIC-kept)"),
+    )
+    parser.add_argument(
+        "--ack-deadline", type=int, default=60, help="seconds (default: 60)"
+    )
+    parser.add_argument(
+        "--max-delivery-attempts",
+        type=int,
+        default=5,
+        help="deliveries before a message is dead-lettered, 5 to 100 (default: 5)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Provision the resources and print which were created and which found."""
+    dead_letter_topic = args.dead_letter_topic or f"{args.topic}-dead-letter"
+    dead_letter_subscription = (
+        args.dead_letter_subscription or f"{dead_letter_topic}-kept"
+    )
+    result = provision(
+        args.project,
+        args.topic,
+        args.subscription,
+        dead_letter_topic,
+        dead_letter_subscription,
+        ack_deadline=args.ack_deadline,
+        max_delivery_attempts=args.max_delivery_attempts,
+    )
+    created = set(result["created"])
+    for key in _RESOURCES:
+        path = result[key]
+        print(f"{'created' if path in created else 'found':<8}{path}")
+    return 0

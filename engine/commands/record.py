@@ -1,0 +1,70 @@
+"""`rules-engine record`: write a subscription's events to a stream file."""
+
+from __future__ import annotations
+
+import argparse
+from contextlib import ExitStack
+
+from engine.errors import ConfigurationError
+from infra.pubsub import PubSubSource
+from infra.stream_recorder import open_output, record_subscription
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Declare the `record` command."""
+    parser = subparsers.add_parser(
+        "record",
+        help="record a subscription into a stream file for replay",
+        description=(
+            "Pull messages, decode them into events and append each as one "
+            "CloudEvent JSON line; a batch is acknowledged once its lines are "
+            "flushed. Rejected messages are acknowledged as well. Runs until "
+            "idle (--exit-when-idle), full (--max) or interrupted."
+        ),
+    )
+    parser.add_argument("--project", required=True, help="Google Cloud project id")
+    parser.add_argument(
+        "--subscription", required=True, help="subscription id or full path"
+    )
+    parser.add_argument(
+        "--out", required=True, help="stream file to append to (.jsonl or .jsonl.gz)"
+    )
+    parser.add_argument(
+        "--rejects-out",
+        help="file for rejected messages and their reasons (default: log them)",
+    )
+    parser.add_argument(
+        "--exit-when-idle",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this many seconds without a message",
+    )
+    parser.add_argument("--max", type=int, metavar="N", help="stop after N messages")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Record the subscription and print what was written and rejected."""
+    if args.max is not None and args.max < 1:
+        raise ConfigurationError(f"--max must be at least 1, not {args.max}.")
+    if args.exit_when_idle is not None and args.exit_when_idle <= 0:
+        raise ConfigurationError(
+            f"--exit-when-idle must be above 0 seconds, not {args.exit_when_idle:g}."
+        )
+    with ExitStack() as stack:
+        source = stack.enter_context(PubSubSource(args.project, args.subscription))
+        out = stack.enter_context(open_output(args.out))
+        rejects = None
+        if args.rejects_out:
+            rejects = stack.enter_context(open_output(args.rejects_out))
+        summary = record_subscription(
+            source,
+            out,
+            rejects_out=rejects,
+            idle_seconds=args.exit_when_idle,
+            max_messages=args.max,
+        )
+    print(summary.render())
+    return 0
