@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine.actions import Explanation
-from engine.conditions import read_path
 from engine.durations import format_duration
 from engine.loader import LoadedRule
 from engine.rule_model import RuleSpec
@@ -200,13 +199,19 @@ class AggregateRuntime(RuleRuntime):
             return 1 if role == "plus" else -1
         if fn == "distinct":
             return event.read(self.fields[0])
+        # A field an event lacks adds nothing to a sum of several fields:
+        # such rules read events that carry any one of them.
         total: float = 0
+        found = False
         for path in self.fields:
             value = event.read(path)
+            if value is None and len(self.fields) > 1:
+                continue
             if not isinstance(value, int | float) or isinstance(value, bool):
                 return None
             total += value
-        return total
+            found = True
+        return total if found else None
 
     def on_event(self, engine: Engine, event: EventView, role: str) -> None:
         """Count the event into its key's window and re-evaluate that key."""
@@ -403,7 +408,12 @@ class AggregateRuntime(RuleRuntime):
         aggregate = self.aggregate
         subject = aggregate.fn
         if aggregate.field is not None:
-            subject += f" of {aggregate.field if isinstance(aggregate.field, str) else ' + '.join(aggregate.field)}"
+            fields = (
+                [aggregate.field]
+                if isinstance(aggregate.field, str)
+                else aggregate.field
+            )
+            subject += f" of {' + '.join(fields)}"
         if aggregate.window is not None:
             subject += f" over {format_duration(aggregate.window)}"
         if aggregate.by:
