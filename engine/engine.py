@@ -624,8 +624,10 @@ class Engine:
 
     def take_actions(self) -> list[ActionRecord]:
         """Return and forget the actions recorded so far."""
-        actions, self.actions = self.actions, []
-        return actions
+        # Emptied in place: callers may hold the list between events.
+        taken = list(self.actions)
+        self.actions.clear()
+        return taken
 
     def close(self) -> None:
         """Free the matcher and close the handlers."""

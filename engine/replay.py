@@ -130,24 +130,29 @@ def replay_stream(
     summary = ReplaySummary(engine=engine.stats)
     bar = _progress_bar(events_path) if progress else None
     started = time.perf_counter()
+    # The loop is the hot path of a replay: names are bound locally and the
+    # counters kept in locals until the end.
+    parse, process, actions = parse_event_line, engine.process, engine.actions
+    read = accepted = 0
     with open_stream(events_path) as stream:
         for line in iter_lines(stream):
-            summary.read += 1
-            if bar is not None and summary.read % 4096 == 0:
+            read += 1
+            if bar is not None and read % 4096 == 0:
                 bar.update(4096)
             try:
-                event = parse_event_line(line)
+                event = parse(line)
             except EventRejected as rejection:
                 summary.rejected[rejection.reason] += 1
                 if dead_letter_out is not None:
-                    dead_letter_out.write(_dead_letter(summary.read, rejection, line))
+                    dead_letter_out.write(_dead_letter(read, rejection, line))
                 continue
-            summary.accepted += 1
-            engine.process(event)
-            if engine.actions:
-                records = engine.take_actions()
+            accepted += 1
+            process(event)
+            if actions:
                 if actions_out is not None:
-                    actions_out.write(b"".join(encode_record(r) for r in records))
+                    actions_out.write(b"".join(encode_record(r) for r in actions))
+                actions.clear()
+    summary.read, summary.accepted = read, accepted
     summary.seconds = time.perf_counter() - started
     if bar is not None:
         bar.close()
