@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "engine.commands.record",
     "engine.commands.validate",
     "engine.commands.schema",
+    "engine.commands.test_rules",
 )
 
 

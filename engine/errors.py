@@ -6,6 +6,7 @@ Every exception the engine raises on purpose derives from `EngineError`::
     ├── EventRejected          one input line or message is not a valid event
     ├── RuleLoadError          a rule file cannot be read, parsed or compiled
     │   └── (carries a list of RuleProblem, one per finding)
+    ├── RuleTestError          a rule test file cannot be read or is malformed
     ├── HandlerError           an action handler failed
     │   ├── HandlerNotFound    an action names no registered handler
     │   └── TransientHandlerError
@@ -27,6 +28,7 @@ __all__ = [
     "HandlerNotFound",
     "RuleLoadError",
     "RuleProblem",
+    "RuleTestError",
     "StateError",
     "TransientHandlerError",
     "TransientStateError",
@@ -76,6 +78,10 @@ class RuleLoadError(EngineError):
         count = len(problems)
         noun = "problem" if count == 1 else "problems"
         super().__init__(f"The rules did not load: {count} {noun}.\n{lines}")
+
+
+class RuleTestError(EngineError):
+    """A rule test file cannot be read, or its cases are malformed."""
 
 
 class HandlerError(EngineError):

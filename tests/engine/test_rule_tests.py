@@ -1,0 +1,150 @@
+"""Tests of the rule test runner and `rules-engine test`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from engine.cli import main
+from engine.errors import RuleTestError
+from engine.rule_tests import (
+    SeriesSpec,
+    expand_series,
+    load_test_file,
+    render_result,
+    run_test_files,
+)
+
+ROOT = Path(__file__).parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+CASES = FIXTURES / "rule_tests" / "tests"
+INVALID = FIXTURES / "rule_tests" / "invalid"
+INVALID_CASES: list[dict[str, Any]] = yaml.safe_load(
+    (FIXTURES / "rule_tests_invalid.yaml").read_text(encoding="utf-8")
+)
+START = 1_704_067_200.0  # 2024-01-01T00:00:00Z
+
+
+def test_a_passing_file_passes_every_case() -> None:
+    """Series, fixed times, offsets, untimed and empty expectations all match."""
+    results = list(run_test_files([CASES / "passing.yaml"]))
+
+    assert [(r.name, r.status) for r in results] == [
+        ("six orders in a minute scale the checkout at the sixth", "pass"),
+        ("an expectation without a time matches the action whenever it came", "pass"),
+        ("events at fixed times and offsets mix", "pass"),
+        ("small orders at a slow pace do nothing at all", "pass"),
+    ]
+
+
+def test_a_failing_case_shows_missing_unexpected_and_different_actions() -> None:
+    """The report pairs near misses and lists the rest, in time order."""
+    path = CASES / "failing.yaml"
+    (result,) = run_test_files([path])
+
+    assert result.status == "fail"
+    assert render_result(result).splitlines() == [
+        f"FAIL {path}: wrong time, wrong parameter and one action too many",
+        '  unexpected  +0s       big-order  notify {"severity":"info",'
+        '"title":"Big order o-1"}',
+        '  missing     +5s       big-order  notify {"title":"Big order o-1"}',
+        "  different   +10s      big-order  notify",
+        '      params.severity: expected "warning", got "info"',
+    ]
+
+
+def test_the_rules_option_replaces_the_default_directory() -> None:
+    """--rules points cases that name no rules at another directory."""
+    (result, *_) = run_test_files([CASES / "passing.yaml"], ROOT / "rules")
+
+    assert result.status == "fail"
+    assert [m.kind for m in result.mismatches] == ["missing"]
+
+
+@pytest.mark.parametrize(
+    ("rate", "length", "count", "second", "last"),
+    [
+        ("60/m", "1m", 60, "00:01:01.000", "00:01:59.000"),
+        ("40/m", "10m", 400, "00:01:01.500", "00:10:58.500"),
+        ("1/5m", "2h", 24, "00:06:00.000", "01:56:00.000"),
+        ("3/10s", "10s", 3, "00:01:03.333", "00:01:06.666"),
+    ],
+)
+def test_a_series_expands_to_evenly_spaced_events_with_stable_ids(
+    rate: str, length: str, count: int, second: str, last: str
+) -> None:
+    """Event i of a series sits at start + i / rate, to the millisecond."""
+    series = SeriesSpec.model_validate(
+        {"type": "shop.order_placed", "rate": rate, "for": length, "start": "+1m"}
+    )
+
+    events = list(expand_series(series, 2, START))
+
+    assert len(events) == count
+    assert [events[0].id, events[-1].id] == ["series2-00001", f"series2-{count:05d}"]
+    assert [e.time for e in (events[0], events[1], events[-1])] == [
+        "2024-01-01T00:01:00.000Z",
+        f"2024-01-01T{second}Z",
+        f"2024-01-01T{last}Z",
+    ]
+
+
+@pytest.mark.parametrize(
+    "case", INVALID_CASES, ids=[case["file"] for case in INVALID_CASES]
+)
+def test_a_malformed_test_file_is_refused_with_its_place(
+    case: dict[str, Any],
+) -> None:
+    """Each malformed file gives one sentence naming file, line and column."""
+    path = INVALID / case["file"]
+
+    with pytest.raises(RuleTestError) as raised:
+        load_test_file(path)
+
+    assert str(raised.value) == case["error"].replace("{file}", str(path))
+
+
+def test_an_event_the_engine_would_reject_makes_its_case_an_error() -> None:
+    """Test events pass the same checks as real ones."""
+    (result,) = run_test_files([INVALID / "bad_event_data.yaml"], CASES.parent)
+
+    assert result.status == "error"
+    assert result.error == (
+        "The event events.0 is rejected: The data of a contribution.created "
+        "event is invalid: data.projectId: Field required; data.contributorUid: "
+        "Field required; data.amount: Field required; data.currency: Field "
+        "required."
+    )
+
+
+def test_the_command_exits_1_and_counts_when_a_case_fails(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """PASS and FAIL lines, then the counts."""
+    status = main(["--log-level", "error", "test", str(CASES)])
+
+    out = capsys.readouterr().out.splitlines()
+    assert status == 1
+    assert [line.split(" ", 1)[0] for line in out if not line.startswith(" ")] == [
+        "FAIL",
+        "PASS",
+        "PASS",
+        "PASS",
+        "PASS",
+        "4",
+    ]
+    assert out[-1] == "4 passed, 1 failed"
+
+
+def test_the_shipped_rule_tests_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    """rules/tests/ holds the behaviour the shipped rules promise."""
+    status = main(["--log-level", "error", "test", str(ROOT / "rules" / "tests")])
+
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if not line.startswith("PASS")] == [
+        f"{len(out) - 1} passed, 0 failed"
+    ]
+    assert status == 0
