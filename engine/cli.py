@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "engine.commands.validate",
     "engine.commands.schema",
     "engine.commands.test_rules",
+    "engine.commands.diff",
 )
 
 
