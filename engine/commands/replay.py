@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 
 from engine.loader import load_rules
-from engine.replay import replay_stream
+from engine.replay import open_stream, replay_stream
 
 __all__ = ["register"]
 
@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     """Replay the stream and print the summary."""
     ruleset = load_rules(args.rules)
     log.info("rules loaded", rules=len(ruleset.rules), version=ruleset.version)
+    # Fail on a wrong events path before the output files are truncated.
+    open_stream(args.events).close()
     Path(args.actions_out).parent.mkdir(parents=True, exist_ok=True)
     dead_letter = None
     if args.dead_letter_out:

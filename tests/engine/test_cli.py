@@ -1,0 +1,119 @@
+"""Tests of `python -m engine replay`: exit status, output and messages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+STREAMS = ROOT / "tests" / "fixtures" / "streams"
+GOLDEN = STREAMS / "golden.jsonl"
+BROKEN_RULES = (
+    ROOT / "tests" / "fixtures" / "rules" / "invalid" / "several_broken_rules.yaml"
+)
+
+
+def run_replay(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run the replay command in a fresh interpreter, as operators do."""
+    return subprocess.run(
+        [sys.executable, "-m", "engine", "replay", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_replay_succeeds_and_writes_its_outputs(tmp_path: Path) -> None:
+    """Exit 0, the golden actions, the dead letters and the summary."""
+    actions = tmp_path / "out" / "actions.jsonl"
+    dead = tmp_path / "out" / "dead.jsonl"
+
+    done = run_replay(
+        GOLDEN,
+        "--rules",
+        ROOT / "rules",
+        "--actions-out",
+        actions,
+        "--dead-letter-out",
+        dead,
+        "--no-progress",
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert actions.read_bytes() == (STREAMS / "golden-actions.jsonl").read_bytes()
+    assert [json.loads(line)["line"] for line in dead.read_text().splitlines()] == [
+        8,
+        9,
+        10,
+        11,
+        12,
+    ]
+    assert done.stdout.splitlines()[0] == (
+        "events: read 36, accepted 31, rejected 5, duplicates 1, "
+        "emitted by the engine 1"
+    )
+
+
+def test_a_missing_events_file_fails_and_names_it(tmp_path: Path) -> None:
+    """Non-zero exit, a message naming the file, and no output clobbered."""
+    missing = tmp_path / "no-such-stream.jsonl"
+    actions = tmp_path / "actions.jsonl"
+    actions.write_text("kept\n")
+
+    done = run_replay(missing, "--rules", ROOT / "rules", "--actions-out", actions)
+
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: The event file '{missing}' does not exist."
+    assert actions.read_text() == "kept\n"
+
+
+def test_rules_that_fail_to_load_stop_the_replay(tmp_path: Path) -> None:
+    """Non-zero exit; every problem is listed with its file, line and column."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shutil.copy(BROKEN_RULES, rules)
+    broken = rules / BROKEN_RULES.name
+    actions = tmp_path / "actions.jsonl"
+
+    done = run_replay(GOLDEN, "--rules", rules, "--actions-out", actions)
+
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert lines[0] == "error: The rules did not load: 3 problems."
+    assert [line.split(": rule ")[0].strip() for line in lines[1:]] == [
+        f"{broken}:5:5",
+        f"{broken}:18:15",
+        f"{broken}:26:17",
+    ]
+    assert not actions.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--rules", "{tmp}/nowhere", "--actions-out", "{tmp}/a.jsonl"],
+            "{tmp}/nowhere:1:1: The rules path does not exist.",
+        ),
+        (
+            ["--actions-out", "{tmp}/a.jsonl"],
+            "the following arguments are required: --rules",
+        ),
+        (["--rules", "rules"], "the following arguments are required: --actions-out"),
+    ],
+)
+def test_a_wrong_command_line_fails_and_says_why(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """A missing rules directory or argument gives exit 2 and a reason."""
+    done = run_replay(GOLDEN, *(a.replace("{tmp}", str(tmp_path)) for a in args))
+
+    assert done.returncode == 2
+    assert message.replace("{tmp}", str(tmp_path)) in done.stderr
