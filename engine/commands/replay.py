@@ -25,9 +25,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("events", help="recorded stream, one CloudEvent per line")
     parser.add_argument("--rules", required=True, help="directory of rule files")
-    parser.add_argument("--actions-out", required=True, help="file for the actions, one JSON line each")
-    parser.add_argument("--dead-letter-out", help="file for rejected lines and their reasons")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--actions-out", required=True, help="file for the actions, one JSON line each"
+    )
+    parser.add_argument(
+        "--dead-letter-out", help="file for rejected lines and their reasons"
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bar"
+    )
     # Alerts raised during a replay are in the actions file; logging each
     # one as well would bury the summary.
     parser.set_defaults(run=run, default_log_level="warning")
