@@ -162,6 +162,9 @@ class _HandlerState:
         self.values.setdefault(namespace, {})[key] = value
         self.dirty.add((namespace, key))
 
+    def keys(self, namespace: str) -> list[str]:
+        return sorted(self.values.get(namespace, {}))
+
 
 class Engine:
     """Evaluate rules over events in event time and execute their actions."""

@@ -41,6 +41,9 @@ class HandlerState(Protocol):
     def set(self, namespace: str, key: str, value: Any) -> None:
         """Store a JSON-compatible value."""
 
+    def keys(self, namespace: str) -> list[str]:
+        """Return the keys stored in a namespace, sorted."""
+
 
 class HandlerContext(Protocol):
     """What a handler may read and do besides its own backend."""

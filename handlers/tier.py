@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.errors import HandlerError
 from handlers.base import ActionRequest, Handler, HandlerContext
 from handlers.publishing import EventPublisher
+from handlers.scale import NAMESPACE as SCALING_NAMESPACE
 
 __all__ = ["ChangeTierHandler"]
 
@@ -85,9 +86,53 @@ class ChangeTierHandler(Handler):
             {"from": previous, "to": params.to, "at": request.at},
         ]
         context.state.set(NAMESPACE, "tier_history", history)
+        rescaled = _clamp_targets(context, params.to, request)
         context.emit(
             "tier.changed",
             {"from": previous, "to": params.to, "reason": params.reason},
             request.at,
         )
-        return {"changed": True, "from": previous, "to": params.to, "config": config}
+        result: dict[str, Any] = {
+            "changed": True,
+            "from": previous,
+            "to": params.to,
+            "config": config,
+        }
+        if rescaled:
+            result["rescaled"] = rescaled
+        return result
+
+
+def _clamp_targets(
+    context: HandlerContext, tier: str, request: ActionRequest
+) -> dict[str, dict[str, int]]:
+    """Bring every scaling target within the new tier's instance bounds.
+
+    Applying a tier's configuration includes its bounds; leaving a target
+    outside them until its next scaling rule fires would let a later
+    scale-down raise it (or a scale-up lower it).
+    """
+    functions = context.tiers[tier].functions
+    low, high = max(functions.minInstances, 1), functions.maxInstances
+    rescaled = {}
+    for target in context.state.keys(SCALING_NAMESPACE):
+        stored = context.state.get(SCALING_NAMESPACE, target)
+        current = int(stored["replicas"])
+        clamped = max(low, min(high, current))
+        if clamped == current:
+            continue
+        context.state.set(
+            SCALING_NAMESPACE,
+            target,
+            {
+                **stored,
+                "replicas": clamped,
+                "minInstances": low,
+                "maxInstances": high,
+                "reason": f"tier {tier} bounds",
+                "rule": request.rule,
+                "at": request.at,
+            },
+        )
+        rescaled[target] = {"from": current, "to": clamped}
+    return rescaled

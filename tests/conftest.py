@@ -11,10 +11,14 @@ import os
 import uuid
 from collections.abc import Collection, Iterator
 from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from infra.emulators import running_emulators
+
+ROOT = Path(__file__).resolve().parent.parent
 
 _VARIABLES = {
     "pubsub": "PUBSUB_EMULATOR_HOST",
@@ -81,3 +85,27 @@ def redis_url(_backends: _Backends) -> str:
 def project_id() -> str:
     """Return a project id of its own, so that tests never share resources."""
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def demo_stream_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build the real demo stream once per session and return its path."""
+    from engine.demo_stream import build_demo_stream
+
+    path = tmp_path_factory.mktemp("demo") / "demo-events.jsonl.gz"
+    build_demo_stream(path, ROOT / "data" / "nab")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_replay(demo_stream_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Replay the demo stream through the shipped rules once per session."""
+    from engine.loader import load_rules
+    from engine.replay import replay_stream
+
+    actions_path = tmp_path_factory.mktemp("demo-replay") / "actions.jsonl"
+    with actions_path.open("wb") as actions:
+        summary = replay_stream(
+            demo_stream_path, load_rules(ROOT / "rules"), actions_out=actions
+        )
+    return summary, actions_path
