@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "engine.commands.schema",
     "engine.commands.test_rules",
     "engine.commands.diff",
+    "engine.commands.explain",
 )
 
 
