@@ -157,8 +157,10 @@ class AggregateRuntime(RuleRuntime):
         aggregate = self.spec.aggregate
         assert aggregate is not None
         self.aggregate = aggregate
-        self.fields = (
-            [aggregate.field] if isinstance(aggregate.field, str) else aggregate.field
+        self.fields: list[str] = (
+            [aggregate.field]
+            if isinstance(aggregate.field, str)
+            else aggregate.field or []
         )
         self.windows = WindowGroup()
         # durable-rules' verdict per aggregate value, for this rule only.
@@ -406,14 +408,9 @@ class AggregateRuntime(RuleRuntime):
     def describe_condition(self) -> str:
         """Return the aggregate and its threshold or bands in words."""
         aggregate = self.aggregate
-        subject = aggregate.fn
-        if aggregate.field is not None:
-            fields = (
-                [aggregate.field]
-                if isinstance(aggregate.field, str)
-                else aggregate.field
-            )
-            subject += f" of {' + '.join(fields)}"
+        subject: str = aggregate.fn
+        if self.fields:
+            subject += f" of {' + '.join(self.fields)}"
         if aggregate.window is not None:
             subject += f" over {format_duration(aggregate.window)}"
         if aggregate.by:
