@@ -116,10 +116,12 @@ def _classify_rules(loaded: LoadedRule) -> dict[str, Any]:
         stay: list[dict[str, Any]] = []
         if lower is not None:
             inside.append({"$gte": {"v": lower}})
-            stay.append({"$gte": {"v": lower * (1 - margin)}})
+            # The margin is a fraction of the boundary's size, so that it
+            # widens the band below zero as above it.
+            stay.append({"$gte": {"v": lower - abs(lower) * margin}})
         if upper is not None:
             inside.append({"$lt": {"v": upper}})
-            stay.append({"$lt": {"v": upper * (1 + margin)}})
+            stay.append({"$lt": {"v": upper + abs(upper) * margin}})
         rules[f"{spec.name}#in#{band.name}"] = _value_rule(spec.name, inside)
         rules[f"{spec.name}#stay#{band.name}"] = _value_rule(spec.name, stay)
         lower = upper
