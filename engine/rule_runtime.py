@@ -200,7 +200,10 @@ class AggregateRuntime(RuleRuntime):
         if fn == "balance":
             return 1 if role == "plus" else -1
         if fn == "distinct":
-            return event.read(self.fields[0])
+            value = event.read(self.fields[0])
+            # A list or an object is not one value to count; such an event is
+            # skipped like one that lacks the field.
+            return None if isinstance(value, dict | list) else value
         # A field an event lacks adds nothing to a sum of several fields:
         # such rules read events that carry any one of them.
         total: float = 0
