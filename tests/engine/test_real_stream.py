@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import itertools
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,7 +101,7 @@ def test_scale_ups_respect_the_cooldown(actions: list[dict[str, Any]]) -> None:
         _epoch(a["at"]) for a in _of(actions, "scale-payments-on-contribution-burst")
     ]
 
-    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert min(gaps) >= 300
 
 
@@ -136,14 +137,11 @@ def test_tier_follows_the_daily_cycle_without_flapping(
     days = Counter(datetime.fromtimestamp(t, UTC).date() for t in times)
 
     assert {a["params"]["to"] for a in changes} == {"scale", "enterprise"}
-    assert (
-        min(later - earlier for earlier, later in zip(times, times[1:], strict=False))
-        >= 3600
-    )
+    assert min(later - earlier for earlier, later in itertools.pairwise(times)) >= 3600
     assert max(days.values()) <= 4
     assert len(days) >= 50
     targets = [a["params"]["to"] for a in changes]
-    assert all(a != b for a, b in zip(targets, targets[1:], strict=False))
+    assert all(a != b for a, b in itertools.pairwise(targets))
 
 
 def test_each_tier_change_announces_itself(actions: list[dict[str, Any]]) -> None:
@@ -180,5 +178,5 @@ def test_stats_invalidations_are_coalesced_to_one_a_minute(
 
     assert summary.engine.fires["invalidate-stats"] == 843_768
     assert 0 < len(purges) < 843_768 / 10
-    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert min(gaps) >= 60 - 1e-6
