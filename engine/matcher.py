@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import threading
 from typing import Any
 
@@ -132,9 +133,13 @@ def encode_json(value: Any) -> str:
 
     durable-rules refuses an exponent without a decimal point (`1e-05`,
     `1e+20`), which is how Python writes very small and very large floats;
-    such a float gets `.0` in its mantissa (`1.0e-05`).
+    such a float gets `.0` in its mantissa (`1.0e-05`). JSON has no
+    infinity (a sum may overflow to it); durable-rules reads a literal too
+    large for a float as one.
     """
     if isinstance(value, float):
+        if math.isinf(value):
+            return "1.0e+309" if value > 0 else "-1.0e+309"
         text = repr(value)
         mantissa, mark, exponent = text.partition("e")
         if mark and "." not in mantissa:

@@ -142,9 +142,10 @@ class SlidingWindow:
             self._count -= count
         # Summed afresh rather than subtracted: subtracting floats leaves
         # rounding residue that builds up over a long stream (0.6 - 0.1
-        # would give 0.5000000000000001).
+        # would give 0.5000000000000001). Not with math.fsum, which raises
+        # where a sum overflows to infinity.
         if self.fn != "count":
-            self._sum = math.fsum(bucket[2] for bucket in buckets)
+            self._sum = sum(bucket[2] for bucket in buckets)
 
     def value(self, now: float) -> float | None:
         """Return the aggregate at time `now`, or None when there is no data."""
