@@ -220,9 +220,9 @@ class AggregateRuntime(RuleRuntime):
 
     def on_event(self, engine: Engine, event: EventView, role: str) -> None:
         """Count the event into its key's window and re-evaluate that key."""
-        aggregate = self.aggregate
-        key = event.read(aggregate.by) if aggregate.by else None
-        if isinstance(key, dict | list):
+        by = self.aggregate.by
+        key = event.read(by) if by else None
+        if key is not None and isinstance(key, dict | list):
             key = None
         windows = self.windows
         # Rules with the same aggregate share one window group; the first
@@ -236,15 +236,16 @@ class AggregateRuntime(RuleRuntime):
                 windows.last_added = self._window(key).add(
                     event.ts, value, engine.clock, event.id
                 )
-        if windows.last_added is None:
-            engine.stats.count_skipped(self.name)
-            return
-        if not windows.last_added:
-            engine.stats.count_late(self.name)
+        added = windows.last_added
+        if not added:
+            if added is None:
+                engine.stats.count_skipped(self.name)
+            else:
+                engine.stats.count_late(self.name)
             return
         state = self.states.get(key) or self._state(key)
         state.trigger = (event.id, event.event.type)
-        self.evaluate(engine, key, engine.clock)
+        self.evaluate(engine, key, engine.clock, windows[key], state)
 
     def on_timer(self, engine: Engine, key: Any, due: float) -> None:
         """Re-evaluate a key when its `for`, cooldown or repeat time comes."""
@@ -260,11 +261,19 @@ class AggregateRuntime(RuleRuntime):
         state.timer_due = due
         engine.schedule(due, self, key)
 
-    def evaluate(self, engine: Engine, key: Any, now: float) -> None:
+    def evaluate(
+        self,
+        engine: Engine,
+        key: Any,
+        now: float,
+        window: SlidingWindow | None = None,
+        state: _KeyState | None = None,
+    ) -> None:
         """Decide, from the aggregate at `now`, whether the rule fires."""
-        window = self.windows.get(key)
         if window is None:
-            return
+            window = self.windows.get(key)
+            if window is None:
+                return
         value = window.value(now)
         if value is None:
             return
@@ -274,7 +283,8 @@ class AggregateRuntime(RuleRuntime):
             if len(self._verdicts) >= 4096:
                 self._verdicts.clear()
             self._verdicts[value] = verdict
-        state = self.states.get(key) or self._state(key)
+        if state is None:
+            state = self.states.get(key) or self._state(key)
         if self.threshold is not None:
             self._evaluate_threshold(engine, key, state, now, value, verdict)
         else:
