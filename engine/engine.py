@@ -123,7 +123,8 @@ class _ActionPlan:
     params: dict[str, Any]
     interval: float
     static: bool
-    key: tuple[str, str] | None
+    # The coalescing key of a static action; unused ("", "") otherwise.
+    key: tuple[str, str]
 
 
 class _EngineContext:
@@ -212,7 +213,9 @@ class Engine:
                 signature = aggregate_signature(runtime.spec)
                 runtime.windows = groups.setdefault(signature, runtime.windows)
         # Per event type: fact paths, and durable name -> (runtime, role).
-        self._routes: dict[str, tuple[list[tuple[str, str]], dict[str, tuple[RuleRuntime, str]]]] = {}
+        self._routes: dict[
+            str, tuple[list[tuple[str, str]], dict[str, tuple[RuleRuntime, str]]]
+        ] = {}
         for event_type, route in compiled.routes.items():
             targets = {}
             for durable_name in route.names:
@@ -321,7 +324,11 @@ class Engine:
         self._last_sweep = now
         for runtime in self.runtimes.values():
             runtime.sweep(now)
-        for key in [k for k, v in self._coalesce.items() if v["until"] < now and v["pending"] is None]:
+        for key in [
+            k
+            for k, v in self._coalesce.items()
+            if v["until"] < now and v["pending"] is None
+        ]:
             del self._coalesce[key]
 
     # Firing
@@ -335,11 +342,15 @@ class Engine:
                 if interval is None:
                     interval = self.registry.handler_class(spec.action).default_coalesce
                 static = not find_placeholders(spec.params)
-                key = None
+                key = ("", "")
                 if static:
                     encoded = orjson.dumps(spec.params, option=orjson.OPT_SORT_KEYS)
                     key = (spec.action, encoded.decode())
-                plans.append(_ActionPlan(position, spec.action, spec.params, interval or 0.0, static, key))
+                plans.append(
+                    _ActionPlan(
+                        position, spec.action, spec.params, interval or 0.0, static, key
+                    )
+                )
             self._action_plan_cache[runtime.name] = plans
         return plans
 
@@ -363,7 +374,9 @@ class Engine:
                     self._hold(entry, plan.key, runtime, plan, trigger, at, why)
                     continue
             record = ActionRecord(
-                id=action_id(runtime.name, plan.position, trigger.get("event_id", ""), at),
+                id=action_id(
+                    runtime.name, plan.position, trigger.get("event_id", ""), at
+                ),
                 at=at,
                 rule=runtime.name,
                 action=plan.action,
@@ -397,9 +410,15 @@ class Engine:
                     key = (record.action, encoded.decode())
                 entry = self._coalesce.get(key)
                 if entry is not None and at < entry["until"]:
-                    self._hold(entry, key, runtime, plan, trigger, at, why, record.params)
+                    self._hold(
+                        entry, key, runtime, plan, trigger, at, why, record.params
+                    )
                     continue
-                self._coalesce[key] = {"until": at + plan.interval, "interval": plan.interval, "pending": None}
+                self._coalesce[key] = {
+                    "until": at + plan.interval,
+                    "interval": plan.interval,
+                    "pending": None,
+                }
             self._execute(record, runtime)
 
     def fire_event(self, runtime: RuleRuntime, view: EventView) -> None:
@@ -417,7 +436,9 @@ class Engine:
             entry = coalesce.get(plan.key) if plan.static and plan.interval else None
             if entry is None or at >= entry["until"]:
                 why = Explanation(runtime.description, None, [view.id], runtime.version)
-                self.fire(runtime, view.summary(), at, {"key": None}, why, view.mapping())
+                self.fire(
+                    runtime, view.summary(), at, {"key": None}, why, view.mapping()
+                )
                 return
             entries.append(entry)
         self.stats.fires[runtime.name] += 1
@@ -426,7 +447,14 @@ class Engine:
                 self.schedule(entry["until"], "#coalesce", plan.key)
             else:
                 self.stats.coalesced[entry["pending"][0]] += 1
-            entry["pending"] = (runtime.name, plan.position, plan.action, plan.params, view, None)
+            entry["pending"] = (
+                runtime.name,
+                plan.position,
+                plan.action,
+                plan.params,
+                view,
+                None,
+            )
 
     def _materialize(self, pending: tuple[Any, ...]) -> tuple[Any, ...]:
         """Turn a held entry that kept its event into plain data."""
@@ -462,7 +490,14 @@ class Engine:
             # when the interval ends, so every action decided either runs
             # or is counted here once.
             self.stats.coalesced[entry["pending"][0]] += 1
-        entry["pending"] = (runtime.name, plan.position, plan.action, params if params is not None else plan.params, trigger, why)
+        entry["pending"] = (
+            runtime.name,
+            plan.position,
+            plan.action,
+            params if params is not None else plan.params,
+            trigger,
+            why,
+        )
 
     def _flush_coalesced(self, key: tuple[str, str], due: float) -> None:
         entry = self._coalesce.get(key)
@@ -509,7 +544,9 @@ class Engine:
             record.outcome = "ok"
         except ValidationError as error:
             record.outcome = "failed"
-            record.error = f"The rendered parameters are invalid: {error.errors()[0]['msg']}."
+            record.error = (
+                f"The rendered parameters are invalid: {error.errors()[0]['msg']}."
+            )
         except EngineError as error:
             record.outcome, record.error = "failed", str(error)
         except Exception as error:  # a handler bug must not stop the engine
@@ -517,7 +554,13 @@ class Engine:
         finally:
             self._current_action = None
         if record.outcome == "failed":
-            log.warning("action failed", rule=record.rule, action_id=record.id, action=record.action, error=record.error)
+            log.warning(
+                "action failed",
+                rule=record.rule,
+                action_id=record.id,
+                action=record.action,
+                error=record.error,
+            )
         self._finish(record)
 
     def _finish(self, record: ActionRecord) -> None:
@@ -556,16 +599,23 @@ class Engine:
         for key, entry in self._coalesce.items():
             pending = entry["pending"]
             if pending is not None:
-                rule, position, action, params, trigger, why = self._materialize(pending)
+                rule, position, action, params, trigger, why = self._materialize(
+                    pending
+                )
                 pending = [rule, position, action, params, trigger, why.to_mapping()]
             coalesce.append([list(key), {**entry, "pending": pending}])
         return {
             "rules_version": self.ruleset.version,
             "clock": None if self.clock == float("-inf") else self.clock,
-            "last_sweep": None if self._last_sweep == float("-inf") else self._last_sweep,
+            "last_sweep": None
+            if self._last_sweep == float("-inf")
+            else self._last_sweep,
             "tier": self.tier,
             "runtimes": {name: r.snapshot() for name, r in self.runtimes.items()},
-            "timers": [[due, seq, name, list(key) if isinstance(key, tuple) else key] for due, seq, name, key in sorted(self._timers)],
+            "timers": [
+                [due, seq, name, list(key) if isinstance(key, tuple) else key]
+                for due, seq, name, key in sorted(self._timers)
+            ],
             "coalesce": coalesce,
             "seen": [[ts, event_id] for ts, event_id in self._seen_order],
             "handler_state": self.handler_state.values,
@@ -574,7 +624,9 @@ class Engine:
     def restore(self, data: dict[str, Any]) -> None:
         """Continue from a snapshot taken by `snapshot`."""
         self.clock = data["clock"] if data["clock"] is not None else float("-inf")
-        self._last_sweep = data["last_sweep"] if data["last_sweep"] is not None else float("-inf")
+        self._last_sweep = (
+            data["last_sweep"] if data["last_sweep"] is not None else float("-inf")
+        )
         self.tier = data["tier"]
         for name, saved in data["runtimes"].items():
             runtime = self.runtimes.get(name)
@@ -582,7 +634,9 @@ class Engine:
                 runtime.restore(saved)
         self._timers = []
         for due, seq, name, key in data["timers"]:
-            self._timers.append((due, seq, name, tuple(key) if isinstance(key, list) else key))
+            self._timers.append(
+                (due, seq, name, tuple(key) if isinstance(key, list) else key)
+            )
         heapq.heapify(self._timers)
         top = max((t[1] for t in self._timers), default=-1)
         self._timer_seq = itertools.count(top + 1)
@@ -591,7 +645,12 @@ class Engine:
             pending = entry["pending"]
             if pending is not None:
                 rule, position, action, params, trigger, why = pending
-                explanation = Explanation(why["condition"], why.get("value"), why["events"], why["rules_version"])
+                explanation = Explanation(
+                    why["condition"],
+                    why.get("value"),
+                    why["events"],
+                    why["rules_version"],
+                )
                 pending = (rule, position, action, params, trigger, explanation)
             self._coalesce[tuple(key)] = {**entry, "pending": pending}
         self._seen_order = deque((ts, event_id) for ts, event_id in data["seen"])
@@ -616,12 +675,14 @@ class Engine:
             if previous is None or type(previous) is not type(runtime):
                 continue
             saved = previous.snapshot()
-            if isinstance(runtime, AggregateRuntime) and isinstance(previous, AggregateRuntime):
-                if aggregate_signature(runtime.spec) != aggregate_signature(previous.spec):
-                    saved["windows"] = []
-                    for _, state in saved.get("states", []):
-                        state["pending_since"] = None
-                        state["timer_due"] = None
+            changed = isinstance(runtime, AggregateRuntime) and (
+                aggregate_signature(runtime.spec) != aggregate_signature(previous.spec)
+            )
+            if changed:
+                saved["windows"] = []
+                for _, state in saved.get("states", []):
+                    state["pending_since"] = None
+                    state["timer_due"] = None
             runtime.restore(saved)
         old_matcher.close()
 

@@ -224,12 +224,11 @@ def event_from_mapping(mapping: Any) -> Event:
     # Envelope attributes: one cheap test for the common case, the precise
     # diagnosis only when it fails.
     get = mapping.get
-    event_id, source, event_type, time_text = (
-        get("id"),
-        get("source"),
-        get("type"),
-        get("time"),
-    )
+    # Any: these are checked just below, once, for all four together.
+    event_id: Any = get("id")
+    source: Any = get("source")
+    event_type: Any = get("type")
+    time_text: Any = get("time")
     if not (
         get("specversion") == "1.0"
         and type(event_id) is str

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -23,7 +24,9 @@ _SEVERITY = {
 }
 
 
-def _add_severity(_: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _add_severity(
+    _: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     event_dict["severity"] = _SEVERITY.get(method, "DEFAULT")
     return event_dict
 

@@ -83,10 +83,11 @@ class ReplaySummary:
         lines.append("fires per rule:")
         lines += [f"  {rule}: {count}" for rule, count in data["fires_by_rule"].items()]
         lines.append("actions per handler:")
-        lines += [f"  {name}: {count}" for name, count in data["actions_by_handler"].items()]
+        lines += [
+            f"  {name}: {count}" for name, count in data["actions_by_handler"].items()
+        ]
         lines.append(
-            f"throughput: {data['events_per_second']} events/s "
-            f"({data['seconds']} s)"
+            f"throughput: {data['events_per_second']} events/s ({data['seconds']} s)"
         )
         return "\n".join(lines)
 
@@ -103,7 +104,9 @@ def open_stream(path: str | Path) -> IO[bytes]:
     try:
         raw = source.open("rb")
     except OSError as error:
-        raise ConfigurationError(f"The event file {str(source)!r} cannot be read: {error}.") from error
+        raise ConfigurationError(
+            f"The event file {str(source)!r} cannot be read: {error}."
+        ) from error
     if source.suffix == ".gz":
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     return raw
@@ -111,7 +114,9 @@ def open_stream(path: str | Path) -> IO[bytes]:
 
 def iter_lines(stream: IO[bytes]) -> Iterator[bytes]:
     """Yield lines without their line ends, skipping blank lines."""
-    for line in io.BufferedReader(stream, buffer_size=1 << 20):  # type: ignore[arg-type]
+    # GzipFile and raw files are binary streams; typeshed types them apart.
+    reader = io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[type-var]
+    for line in reader:
         stripped = line.rstrip(b"\r\n")
         if stripped.strip():
             yield stripped

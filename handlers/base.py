@@ -84,5 +84,5 @@ class Handler(ABC):
                 may succeed.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Release backend connections."""
