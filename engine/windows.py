@@ -29,6 +29,7 @@ class SlidingWindow:
     """Count, sum, average, minimum, maximum, distinct count or latest value."""
 
     __slots__ = (
+        "_expired_at",
         "_buckets",
         "_count",
         "_distinct",
@@ -45,6 +46,9 @@ class SlidingWindow:
     def __init__(self, fn: str, width: float | None, resolution: float | None) -> None:
         self.fn = fn
         self.width = width
+        # The clock of the last expiry: rules sharing a window evaluate it at
+        # the same time, and only the first needs to expire it.
+        self._expired_at = -math.inf
         self.resolution = resolution or (default_resolution(width) if width else 1.0)
         # Buckets: [index, count, sum, min, max], oldest first.
         self._buckets: deque[list[Any]] = deque()
@@ -118,8 +122,9 @@ class SlidingWindow:
     def expire(self, now: float) -> None:
         """Drop what has left the window at time `now`."""
         width = self.width
-        if width is None:
+        if width is None or now == self._expired_at:
             return
+        self._expired_at = now
         horizon = now - width
         if self.fn == "latest":
             if self.latest_ts <= horizon:
@@ -193,6 +198,7 @@ class SlidingWindow:
 
     def restore(self, data: dict[str, Any]) -> None:
         """Load content saved by `snapshot`."""
+        self._expired_at = -math.inf
         self._buckets = deque(list(b) for b in data["b"])
         self._count = data["c"]
         self._sum = data["s"]
