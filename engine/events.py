@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -109,6 +110,7 @@ def _reject_big_float(text: str) -> float:
     return value
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _DECODER = json.JSONDecoder(
     object_pairs_hook=_pairs_to_dict,
     parse_constant=_reject_constant,
@@ -184,6 +186,19 @@ def parse_event_line(line: bytes | str) -> Event:
         raise EventRejected(
             "invalid_json", f"The line is not valid JSON: {error}."
         ) from error
+
+    # The strict decoder turns an escaped lone surrogate (\ud800) into a
+    # string that is not Unicode text, which every encoder downstream (the
+    # actions file, Pub/Sub) refuses; orjson refused it on the fast path.
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(mapping, ensure_ascii=False).encode()
+        except UnicodeEncodeError as error:
+            raise EventRejected(
+                "invalid_json",
+                "The line escapes a lone UTF-16 surrogate (\\ud800 to "
+                "\\udfff), which is not a character.",
+            ) from error
 
     return event_from_mapping(mapping)
 

@@ -59,7 +59,7 @@ def test_valid_events_are_accepted_with_their_attributes(case: dict[str, Any]) -
     """A valid event keeps its envelope, event time, data and extensions."""
     mapping = case["event"]
 
-    event = parse_event_line(compact(mapping))
+    event = parse_event_line(case.get("line") or compact(mapping))
 
     assert event.id == mapping["id"]
     assert event.source == mapping["source"]
@@ -74,7 +74,7 @@ def test_valid_events_are_accepted_with_their_attributes(case: dict[str, Any]) -
 @pytest.mark.parametrize("case", VALID["cases"], ids=lambda c: c["name"])
 def test_bytes_and_text_lines_give_the_same_event(case: dict[str, Any]) -> None:
     """A line read from a file (bytes) parses exactly like the same text."""
-    line = compact(case["event"])
+    line = case.get("line") or compact(case["event"])
 
     assert parse_event_line(line.encode()) == parse_event_line(line)
 
