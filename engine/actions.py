@@ -59,6 +59,9 @@ class ActionRecord:
     outcome: str = "pending"
     result: dict[str, Any] | None = None
     error: str | None = None
+    # Wall-clock seconds the handler took; None if no handler ran. Left out
+    # of the mapping, so that a replay writes the same bytes every time.
+    seconds: float | None = field(default=None, compare=False)
 
     def to_mapping(self) -> dict[str, Any]:
         """Return the record as the JSON line `replay` writes."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -538,6 +539,7 @@ class Engine:
             {"event_id": record.trigger_id, "type": record.trigger_type},
         )
         self._current_action = record.id
+        started = time.perf_counter()
         try:
             params = handler.Params.model_validate(record.params)
             record.result = handler.execute(request, params, self.context)
@@ -553,6 +555,7 @@ class Engine:
             record.outcome, record.error = "failed", f"{type(error).__name__}: {error}"
         finally:
             self._current_action = None
+            record.seconds = time.perf_counter() - started
         if record.outcome == "failed":
             log.warning(
                 "action failed",
