@@ -406,7 +406,7 @@ class AggregateRuntime(RuleRuntime):
         state.pending_since = None
         window = self.windows[key]
         why = Explanation(
-            self.description, _round(value), list(window.recent), self.version
+            self.description, _round(value), window.recent_ids(now), self.version
         )
         context = {
             "value": _round(value),

@@ -59,14 +59,14 @@ class SlidingWindow:
         self.latest: float | None = None
         self.latest_ts = -math.inf
         # Ids of the last events that counted, for explanations.
-        self.recent: deque[str] = deque(maxlen=10)
+        self.recent: deque[tuple[float, str]] = deque(maxlen=10)
 
     def add(self, ts: float, value: Any, now: float, event_id: str) -> bool:
         """Count one event; return False if it is too late for the window."""
         width = self.width
         if width is not None and ts <= now - width:
             return False
-        self.recent.append(event_id)
+        self.recent.append((ts, event_id))
         fn = self.fn
         if fn == "latest":
             if ts >= self.latest_ts:
@@ -176,6 +176,11 @@ class SlidingWindow:
             return float(max(b[4] for b in self._buckets))
         return float(min(b[3] for b in self._buckets))
 
+    def recent_ids(self, now: float) -> list[str]:
+        """Return the ids of the last events counted that are still inside."""
+        horizon = now - self.width if self.width is not None else -math.inf
+        return [event_id for ts, event_id in self.recent if ts > horizon]
+
     def is_empty(self) -> bool:
         """Tell whether the window holds nothing (after expiry)."""
         if self.fn == "distinct":
@@ -193,7 +198,7 @@ class SlidingWindow:
             "d": [[ts, v] for ts, v in self._distinct_order],
             "l": self.latest,
             "lt": self.latest_ts if self.latest is not None else None,
-            "r": list(self.recent),
+            "r": [list(entry) for entry in self.recent],
         }
 
     def restore(self, data: dict[str, Any]) -> None:
@@ -208,4 +213,4 @@ class SlidingWindow:
             self._distinct[v] = max(ts, self._distinct.get(v, -math.inf))
         self.latest = data["l"]
         self.latest_ts = data["lt"] if data["lt"] is not None else -math.inf
-        self.recent = deque(data["r"], maxlen=10)
+        self.recent = deque(((ts, i) for ts, i in data["r"]), maxlen=10)
