@@ -73,7 +73,18 @@ def test_recent_keeps_the_last_ten_event_ids() -> None:
     for number in range(12):
         window.add(number, 1, number, f"e{number}")
 
-    assert list(window.recent) == [f"e{n}" for n in range(2, 12)]
+    assert window.recent_ids(11) == [f"e{n}" for n in range(2, 12)]
+
+
+def test_recent_ids_leave_with_their_events() -> None:
+    """An explanation at time `now` names only events still in the window."""
+    window = SlidingWindow("count", 60, None)
+
+    for number in range(0, 100, 10):
+        window.add(number, 1, number, f"e{number}")
+
+    assert window.recent_ids(90) == ["e40", "e50", "e60", "e70", "e80", "e90"]
+    assert window.recent_ids(200) == []
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c["name"])
