@@ -1,0 +1,57 @@
+"""Fixtures shared by the observability, status page and rule watcher tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+
+from engine.engine import Engine
+from engine.errors import EventRejected
+from engine.events import parse_event_line
+from engine.observability import Observability
+
+OBSERVABILITY_FIXTURES = Path(__file__).parents[1] / "fixtures" / "observability"
+
+Feed = Callable[[Engine, Observability, Iterable[bytes]], None]
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def feed() -> Feed:
+    """Return a function that replays lines as the worker would, observed."""
+
+    def feed_lines(
+        engine: Engine, observability: Observability, lines: Iterable[bytes]
+    ) -> None:
+        for line in lines:
+            try:
+                event = parse_event_line(line)
+            except EventRejected as rejection:
+                observability.record_event("rejected", rejection.reason)
+                continue
+            duplicates = engine.stats.duplicates
+            engine.process(event)
+            seen_before = engine.stats.duplicates > duplicates
+            observability.record_event("duplicate" if seen_before else "accepted")
+        observability.record_batch(engine, 0.25)
+
+    return feed_lines
