@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from engine.actions import ActionRecord, Explanation, action_id
 from engine.compiler import compile_rules
-from engine.conditions import encode_value, read_path
+from engine.conditions import encode_value
 from engine.errors import EngineError
 from engine.events import Event, format_time
 from engine.loader import RuleSet
@@ -49,43 +49,9 @@ log = structlog.get_logger(__name__)
 _SWEEP_INTERVAL = 300.0
 
 
-class EventView:
-    """An event as rules see it: dotted paths over its CloudEvent mapping."""
-
-    __slots__ = ("_mapping", "event", "id", "ts")
-
-    def __init__(self, event: Event) -> None:
-        self.event = event
-        self.id = event.id
-        self.ts = event.ts
-        self._mapping: dict[str, Any] | None = None
-
-    def mapping(self) -> dict[str, Any]:
-        """Return the event's attributes and data as one mapping."""
-        if self._mapping is None:
-            event = self.event
-            self._mapping = {
-                "id": event.id,
-                "type": event.type,
-                "source": event.source,
-                "time": event.time,
-                "subject": event.subject,
-                "data": event.data,
-            }
-        return self._mapping
-
-    def read(self, path: str) -> Any:
-        """Return the value at a dotted path, or None."""
-        if path.startswith("data."):
-            rest = path[5:]
-            if "." not in rest:
-                return self.event.data.get(rest)
-            return read_path(self.event.data, rest)
-        return read_path(self.mapping(), path)
-
-    def summary(self) -> dict[str, str]:
-        """Return the trigger reference that action records carry."""
-        return {"event_id": self.event.id, "type": self.event.type}
+# Rules read events through the methods of `Event` itself (`read`,
+# `mapping`, `summary`); the alias keeps the runtimes' signatures readable.
+EventView = Event
 
 
 @dataclass
@@ -265,7 +231,7 @@ class Engine:
         if route is None:
             return
         paths, targets = route
-        view = EventView(event)
+        view = event
         if paths:
             values = tuple(encode_value(view.read(path)) for path, _ in paths)
             key: Any = (event.type, *(_hashable(v) for v in values))

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from engine.conditions import read_path
 from engine.errors import EventRejected
 from engine.event_data import DATA_MODELS, describe_validation_error
 
@@ -63,6 +64,43 @@ class Event:
     data: dict[str, Any]
     subject: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The view rules read (see `rule_view`), built on first use.
+    _view: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def event(self) -> Event:
+        """Return the event itself (the rule runtimes' view of it)."""
+        return self
+
+    def rule_view(self) -> dict[str, Any]:
+        """Return the attributes and data that rule paths and templates read."""
+        view = self._view
+        if view is None:
+            view = self._view = {
+                "id": self.id,
+                "type": self.type,
+                "source": self.source,
+                "time": self.time,
+                "subject": self.subject,
+                "data": self.data,
+            }
+        return view
+
+    # The engine's name for the same view.
+    mapping = rule_view
+
+    def read(self, path: str) -> Any:
+        """Return the value at a dotted path such as `data.amount`, or None."""
+        if path.startswith("data."):
+            rest = path[5:]
+            if "." not in rest:
+                return self.data.get(rest)
+            return read_path(self.data, rest)
+        return read_path(self.rule_view(), path)
+
+    def summary(self) -> dict[str, str]:
+        """Return the trigger reference that action records carry."""
+        return {"event_id": self.id, "type": self.type}
 
     def to_mapping(self) -> dict[str, Any]:
         """Return the event as a CloudEvents structured-mode mapping."""

@@ -244,7 +244,7 @@ class AggregateRuntime(RuleRuntime):
                 engine.stats.count_late(self.name)
             return
         state = self.states.get(key) or self._state(key)
-        state.trigger = (event.id, event.event.type)
+        state.trigger = (event.id, event.type)
         self.evaluate(engine, key, engine.clock, windows[key], state)
 
     def on_timer(self, engine: Engine, key: Any, due: float) -> None:
