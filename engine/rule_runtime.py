@@ -109,11 +109,12 @@ class EventRuntime(RuleRuntime):
 
     def on_event(self, engine: Engine, event: EventView, role: str) -> None:
         """Fire for the event unless the rule is cooling down."""
-        now = event.ts
-        if self.in_cooldown(None, now):
-            engine.stats.count_suppressed(self.name)
-            return
-        self.last_fire[None] = now
+        if self.cooldown is not None:
+            now = event.ts
+            if self.in_cooldown(None, now):
+                engine.stats.count_suppressed(self.name)
+                return
+            self.last_fire[None] = now
         engine.fire_event(self, event)
 
 
