@@ -294,13 +294,20 @@ def event_from_mapping(mapping: Any) -> Event:
         and time_text
     ):
         _check_envelope(mapping)
-    subject = get("subject")
-    for name in _OPTIONAL_STRINGS:
-        value = get(name)
-        if value is not None and type(value) is not str:
-            raise EventRejected(
-                "wrong_type", f"The attribute {name!r} must be a string when present."
-            )
+    # Anything beyond the five required attributes and data: check the
+    # optional ones and keep the extensions. Most events have none.
+    subject = None
+    extra: dict[str, Any] = {}
+    if len(mapping) > 5 + ("data" in mapping):
+        subject = get("subject")
+        for name in _OPTIONAL_STRINGS:
+            value = get(name)
+            if value is not None and type(value) is not str:
+                raise EventRejected(
+                    "wrong_type",
+                    f"The attribute {name!r} must be a string when present.",
+                )
+        extra = {k: v for k, v in mapping.items() if k not in _ENVELOPE}
 
     moment = parse_time(time_text)
     data = get("data")
@@ -323,10 +330,6 @@ def event_from_mapping(mapping: Any) -> Event:
                 f"The data of a {event_type} event is invalid: {detail}.",
             ) from error
 
-    extra: dict[str, Any] = {}
-    standard = 5 + ("data" in mapping) + ("subject" in mapping)
-    if len(mapping) > standard:
-        extra = {k: v for k, v in mapping.items() if k not in _ENVELOPE}
     return Event(
         id=event_id,
         source=source,
