@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from engine.engine import Engine
 from engine.errors import EventRejected
@@ -28,6 +29,19 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.fixture
+def all_log_levels() -> Iterator[None]:
+    """Let every log level through, whatever an earlier test configured.
+
+    The command line configures structlog for the whole process, and its
+    tests run commands whose default level drops info lines.
+    """
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture

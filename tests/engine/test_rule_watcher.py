@@ -24,6 +24,8 @@ from tests.engine.conftest import OBSERVABILITY_FIXTURES, FakeClock
 EDITS = OBSERVABILITY_FIXTURES / "edits"
 START = 1_704_067_200.0  # 2024-01-01T00:00:00Z
 
+pytestmark = pytest.mark.usefixtures("all_log_levels")
+
 
 @pytest.fixture
 def rules_dir(tmp_path: Path) -> Path:
