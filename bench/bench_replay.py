@@ -1,6 +1,7 @@
 """Measure engine replay against raw durable-rules on the AMZN stream.
 
-Three runs, each in a fresh process so that peak RSS belongs to one mode:
+Three modes, each run in a fresh process so that peak RSS belongs to one
+mode; the modes alternate over `--rounds` rounds and each keeps its best:
 
 - engine: `replay_stream` with the shipped rules (parse, validate, match,
   windows, actions, action file);
@@ -162,22 +163,36 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mode", choices=("engine", "post", "post_batch"))
     parser.add_argument("--events", type=Path, default=STREAM)
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each mode")
     args = parser.parse_args()
     if args.mode:
         print(json.dumps(run_mode(args.mode, args.events)))
         return 0
 
     build_stream()
-    results = {}
-    for mode in ("engine", "post", "post_batch"):
-        output = subprocess.run(
-            [sys.executable, __file__, "--mode", mode, "--events", str(args.events)],
-            check=True,
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        ).stdout
-        results[mode] = json.loads(output.strip().splitlines()[-1])
+    # Modes alternate over the rounds and each keeps its best run, so that
+    # a burst of load from another process cannot favour one side.
+    results: dict[str, dict[str, float]] = {}
+    for _ in range(args.rounds):
+        for mode in ("engine", "post", "post_batch"):
+            output = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--mode",
+                    mode,
+                    "--events",
+                    str(args.events),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            ).stdout
+            result = json.loads(output.strip().splitlines()[-1])
+            best = results.get(mode)
+            if best is None or result["events_per_second"] > best["events_per_second"]:
+                results[mode] = result
     print(
         f"{'mode':<12}{'events':>10}{'events/s':>12}{'peak RSS MiB':>14}{'fires':>10}"
     )
