@@ -286,10 +286,11 @@ class AggregateRuntime(RuleRuntime):
             self._verdicts[value] = verdict
         if state is None:
             state = self.states.get(key) or self._state(key)
-        if self.threshold is not None:
-            self._evaluate_threshold(engine, key, state, now, value, verdict)
-        else:
+        if self.threshold is None:
             self._evaluate_bands(engine, key, state, now, value, verdict)
+        elif verdict[0] or state.fired or state.pending_since is not None:
+            self._evaluate_threshold(engine, key, state, now, value, verdict)
+        # Otherwise the bound does not hold and nothing is pending: nothing to do.
 
     def _decode(self, names: tuple[str, ...]) -> tuple[Any, Any]:
         """Turn durable-rules' answer into (holds, clears) or (band, stays)."""

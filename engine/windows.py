@@ -154,7 +154,8 @@ class SlidingWindow:
 
     def value(self, now: float) -> float | None:
         """Return the aggregate at time `now`, or None when there is no data."""
-        self.expire(now)
+        if now != self._expired_at:
+            self.expire(now)
         fn = self.fn
         if fn == "count":
             return float(self._count)
