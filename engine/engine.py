@@ -410,18 +410,7 @@ class Engine:
             entries.append(entry)
         self.stats.fires[runtime.name] += 1
         for plan, entry in zip(plans, entries, strict=True):
-            if entry["pending"] is None:
-                self.schedule(entry["until"], "#coalesce", plan.key)
-            else:
-                self.stats.coalesced[entry["pending"][0]] += 1
-            entry["pending"] = (
-                runtime.name,
-                plan.position,
-                plan.action,
-                plan.params,
-                view,
-                None,
-            )
+            self._hold(entry, plan.key, runtime, plan, view, at, None)
 
     def _materialize(self, pending: tuple[Any, ...]) -> tuple[Any, ...]:
         """Turn a held entry that kept its event into plain data."""
@@ -439,12 +428,15 @@ class Engine:
         key: tuple[str, str],
         runtime: RuleRuntime,
         plan: _ActionPlan,
-        trigger: dict[str, str],
+        trigger: dict[str, str] | Event,
         at: float,
-        why: Explanation,
+        why: Explanation | None,
         params: dict[str, Any] | None = None,
     ) -> None:
         """Hold back an action repeated within its interval; keep the last one.
+
+        A trigger given as the event itself, with no explanation, is turned
+        into plain data only if the held action runs (`_materialize`).
 
         The held action runs when the interval ends, so the last change of a
         burst is never left unapplied (a purge that only led a burst would
