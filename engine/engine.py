@@ -195,66 +195,90 @@ class Engine:
 
     def process(self, event: Event) -> list[ActionRecord]:
         """Process one accepted event; return the actions it caused."""
+        # The hot path of the engine: the duplicate check and the routing
+        # are written inline, since a call costs as much as their work.
         actions = self.actions
         start = len(actions)
-        if self.dedup and self._is_duplicate(event):
-            self.stats.duplicates += 1
-            return []
-        if event.ts > self.clock:
-            self.advance_to(event.ts)
-        self._dispatch(event)
+        ts = event.ts
+        if self.dedup:
+            seen = self._seen_ids
+            event_id = event.id
+            if event_id in seen:
+                self.stats.duplicates += 1
+                return []
+            seen[event_id] = ts
+            order = self._seen_order
+            order.append((ts, event_id))
+            horizon = (ts if ts > self.clock else self.clock) - self._dedup_retention
+            if order[0][0] < horizon:
+                self._forget_seen(horizon)
+        if ts > self.clock:
+            self.advance_to(ts)
+
+        route = self._routes.get(event.type)
+        if route is not None:
+            paths, targets = route
+            key: Any = self._fact_key(event, paths) if paths else event.type
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = self._plan(event, key, paths, targets)
+            for runtime, role in plan:
+                runtime.on_event(self, event, role)
+
         if self._emitted:
             while self._emitted:
                 self._dispatch(self._emitted.popleft())
         self.stats.processed += 1
         return actions[start:] if len(actions) > start else []
 
-    def _is_duplicate(self, event: Event) -> bool:
-        seen = self._seen_ids
-        event_id = event.id
-        if event_id in seen:
-            return True
-        ts = event.ts
-        seen[event_id] = ts
-        order = self._seen_order
-        order.append((ts, event_id))
-        horizon = (ts if ts > self.clock else self.clock) - self._dedup_retention
-        if order[0][0] < horizon:
-            while order and order[0][0] < horizon:
-                _, old = order.popleft()
-                if seen.get(old, horizon) < horizon:
-                    del seen[old]
-        return False
+    def _forget_seen(self, horizon: float) -> None:
+        seen, order = self._seen_ids, self._seen_order
+        while order and order[0][0] < horizon:
+            _, old = order.popleft()
+            if seen.get(old, horizon) < horizon:
+                del seen[old]
+
+    @staticmethod
+    def _fact_key(event: Event, paths: list[tuple[str, str]]) -> Any:
+        values = (encode_value(event.read(path)) for path, _ in paths)
+        return (event.type, *(_hashable(v) for v in values))
+
+    def _plan(
+        self,
+        event: Event,
+        key: Any,
+        paths: list[tuple[str, str]],
+        targets: dict[str, tuple[RuleRuntime, str]],
+    ) -> list[tuple[RuleRuntime, str]]:
+        """Ask durable-rules which rules an event's fact matches, and order them."""
+        fact: dict[str, Any] = {"k": "e", "t": event.type}
+        for path, fact_key in paths:
+            value = encode_value(event.read(path))
+            if value is not None:
+                fact[fact_key] = value
+        names = self.matcher.match(key, fact)
+        plan = [targets[name] for name in names if name in targets]
+        # Several rules matching one event all fire, highest priority first;
+        # within a correlation, `then` is checked before `first` so that one
+        # event cannot pair with itself.
+        plan.sort(key=lambda t: (t[0].rank, t[1] != "then"))
+        if len(self._plans) > 100_000:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
 
     def _dispatch(self, event: Event) -> None:
+        """Route an event the engine itself emitted through the rules."""
         route = self._routes.get(event.type)
         if route is None:
             return
         paths, targets = route
-        view = event
-        if paths:
-            values = tuple(encode_value(view.read(path)) for path, _ in paths)
-            key: Any = (event.type, *(_hashable(v) for v in values))
-        else:
-            values, key = (), event.type
+        key: Any = self._fact_key(event, paths) if paths else event.type
         plan = self._plans.get(key)
         if plan is None:
-            fact: dict[str, Any] = {"k": "e", "t": event.type}
-            for (_, fact_key), value in zip(paths, values, strict=True):
-                if value is not None:
-                    fact[fact_key] = value
-            names = self.matcher.match(key, fact)
-            matched = [targets[name] for name in names if name in targets]
-            # Several rules matching one event all fire, highest priority
-            # first; within a correlation, `then` is checked before `first`
-            # so that one event cannot pair with itself.
-            matched.sort(key=lambda t: (t[0].rank, t[1] != "then"))
-            plan = matched
-            if len(self._plans) > 100_000:
-                self._plans.clear()
-            self._plans[key] = plan
+            plan = self._plan(event, key, paths, targets)
         for runtime, role in plan:
-            runtime.on_event(self, view, role)
+            runtime.on_event(self, event, role)
 
     def match_value(self, rule: str, value: float) -> tuple[str, ...]:
         """Ask the matcher which value conditions of `rule` hold."""
