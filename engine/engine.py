@@ -160,7 +160,7 @@ class Engine:
         self._emit_seq = itertools.count()
         self._coalesce: dict[tuple[str, str], dict[str, Any]] = {}
         self._seen_ids: dict[str, float] = {}
-        self._seen_order: deque[tuple[float, str]] = deque()
+        self._seen_order: deque[str] = deque()
         self._last_sweep = float("-inf")
         self._current_action: str | None = None
         self._build(ruleset)
@@ -208,9 +208,9 @@ class Engine:
                 return []
             seen[event_id] = ts
             order = self._seen_order
-            order.append((ts, event_id))
+            order.append(event_id)
             horizon = (ts if ts > self.clock else self.clock) - self._dedup_retention
-            if order[0][0] < horizon:
+            if seen[order[0]] < horizon:
                 self._forget_seen(horizon)
         if ts > self.clock:
             self.advance_to(ts)
@@ -232,11 +232,12 @@ class Engine:
         return actions[start:] if len(actions) > start else []
 
     def _forget_seen(self, horizon: float) -> None:
+        # `order` holds ids in arrival order; an id leaves once its time is
+        # past the horizon. A late event may sit behind newer ones and leave
+        # a little late, which only keeps it longer, never shorter.
         seen, order = self._seen_ids, self._seen_order
-        while order and order[0][0] < horizon:
-            _, old = order.popleft()
-            if seen.get(old, horizon) < horizon:
-                del seen[old]
+        while order and seen[order[0]] < horizon:
+            del seen[order.popleft()]
 
     @staticmethod
     def _fact_key(event: Event, paths: list[tuple[str, str]]) -> Any:
@@ -422,6 +423,17 @@ class Engine:
         at = view.ts
         plans = self._action_plans(runtime)
         coalesce = self._coalesce
+        if len(plans) == 1:
+            # The common case, one action: no lists, no second loop.
+            plan = plans[0]
+            entry = coalesce.get(plan.key) if plan.static and plan.interval else None
+            if entry is not None and at < entry["until"]:
+                self.stats.fires[runtime.name] += 1
+                self._hold(entry, plan.key, runtime, plan, view, at, None)
+                return
+            why = Explanation(runtime.description, None, [view.id], runtime.version)
+            self.fire(runtime, view.summary(), at, {"key": None}, why, view.mapping())
+            return
         entries = []
         for plan in plans:
             entry = coalesce.get(plan.key) if plan.static and plan.interval else None
@@ -602,7 +614,7 @@ class Engine:
                 for due, seq, name, key in sorted(self._timers)
             ],
             "coalesce": coalesce,
-            "seen": [[ts, event_id] for ts, event_id in self._seen_order],
+            "seen": [[self._seen_ids[i], i] for i in self._seen_order],
             "handler_state": self.handler_state.values,
         }
 
@@ -638,8 +650,8 @@ class Engine:
                 )
                 pending = (rule, position, action, params, trigger, explanation)
             self._coalesce[tuple(key)] = {**entry, "pending": pending}
-        self._seen_order = deque((ts, event_id) for ts, event_id in data["seen"])
-        self._seen_ids = {event_id: ts for ts, event_id in self._seen_order}
+        self._seen_order = deque(event_id for _, event_id in data["seen"])
+        self._seen_ids = {event_id: ts for ts, event_id in data["seen"]}
         self.handler_state.values = data["handler_state"]
 
     def reload(self, ruleset: RuleSet) -> None:
