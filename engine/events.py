@@ -202,6 +202,9 @@ def parse_event_line(line: bytes | str) -> Event:
     # which names the problem.
     try:
         mapping = orjson.loads(line)
+        # A line read from a file may keep its line end; orjson ignores it.
+        if line[-1:] == b"\n":
+            size -= 2 if line[-2:] == b"\r\n" else 1
         if len(orjson.dumps(mapping)) == size:
             return event_from_mapping(mapping)
     except orjson.JSONDecodeError:

@@ -112,10 +112,19 @@ def open_stream(path: str | Path) -> IO[bytes]:
     return raw
 
 
-def iter_lines(stream: IO[bytes]) -> Iterator[bytes]:
-    """Yield lines without their line ends, skipping blank lines."""
+def iter_lines(stream: IO[bytes], keep_ends: bool = False) -> Iterator[bytes]:
+    """Yield the non-blank lines of a stream, without line ends by default.
+
+    `keep_ends` spares a copy per line for callers that accept a trailing
+    line end, as the event parser does.
+    """
     # GzipFile and raw files are binary streams; typeshed types them apart.
     reader = io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[type-var]
+    if keep_ends:
+        for line in reader:
+            if len(line) > 2 or line.strip():
+                yield line
+        return
     for line in reader:
         stripped = line.rstrip(b"\r\n")
         if stripped.strip():
@@ -140,7 +149,7 @@ def replay_stream(
     parse, process, actions = parse_event_line, engine.process, engine.actions
     read = accepted = 0
     with open_stream(events_path) as stream:
-        for line in iter_lines(stream):
+        for line in iter_lines(stream, keep_ends=True):
             read += 1
             if bar is not None and read % 4096 == 0:
                 bar.update(4096)
@@ -169,7 +178,7 @@ def _dead_letter(number: int, rejection: EventRejected, line: bytes) -> bytes:
         "line": number,
         "reason": rejection.reason,
         "error": str(rejection),
-        "raw": line[:4096].decode("utf-8", errors="replace"),
+        "raw": line.rstrip(b"\r\n")[:4096].decode("utf-8", errors="replace"),
     }
     return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
 
