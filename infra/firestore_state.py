@@ -237,6 +237,8 @@ class FirestoreStateStore:
         self._manifest_known = False
         # Set when a write failed without an answer: it may have landed.
         self._in_doubt = False
+        # The lease length last asked for; every commit renews it by as much.
+        self._lease_seconds: float | None = None
 
     # Lease
 
@@ -294,6 +296,7 @@ class FirestoreStateStore:
             return None
         log.info("lease acquired", namespace=self.namespace, holder=holder, epoch=epoch)
         self._manifest_known = False
+        self._lease_seconds = seconds
         return Lease(holder, epoch, expires_at, results[0].update_time)
 
     def renew_lease(self, lease: Lease, seconds: float) -> Lease:
@@ -308,6 +311,7 @@ class FirestoreStateStore:
         batch = self._client.batch()
         self._add_lease_write(batch, lease, {"expires_at": expires_at}, "renew")
         results = self._commit_batch(batch)
+        self._lease_seconds = seconds
         return Lease(lease.holder, lease.epoch, expires_at, results[0].update_time)
 
     def release_lease(self, lease: Lease) -> None:
@@ -504,9 +508,12 @@ class FirestoreStateStore:
     ) -> tuple[Lease, int]:
         """Commit one fenced batch; skip action documents that already exist."""
         skipped = 0
+        expires_at = lease.expires_at
+        if self._lease_seconds is not None:
+            expires_at = self._clock() + timedelta(seconds=self._lease_seconds)
         while True:
             batch = self._client.batch()
-            self._add_lease_write(batch, lease, {}, label)
+            self._add_lease_write(batch, lease, {"expires_at": expires_at}, label)
             for write in writes:
                 add_write(self._client, batch, write)
             try:
@@ -520,9 +527,10 @@ class FirestoreStateStore:
                 skipped += len(existing)
                 writes = [w for w in writes if w.path not in existing]
                 continue
-            return Lease(
-                lease.holder, lease.epoch, lease.expires_at, results[0].update_time
-            ), skipped
+            renewed = Lease(
+                lease.holder, lease.epoch, expires_at, results[0].update_time
+            )
+            return renewed, skipped
 
     def _add_lease_write(
         self, batch: Any, lease: Lease, data: dict[str, Any], label: str

@@ -254,6 +254,20 @@ def test_a_renewal_extends_the_lease(client: Any, clock: FakeClock) -> None:
     assert other.acquire_lease("worker-b", 10) is None
 
 
+def test_every_commit_renews_the_lease(client: Any, clock: FakeClock) -> None:
+    """A leader that keeps committing keeps its lease without renewing."""
+    leader, other = _store(client, clock), _store(client, clock)
+    lease = leader.acquire_lease("worker-a", 10)
+    assert lease is not None
+
+    clock.advance(8)
+    committed, _ = leader.commit(lease, _commit({}))
+    clock.advance(8)
+
+    assert committed.expires_at == T0 + timedelta(seconds=18)
+    assert other.acquire_lease("worker-b", 10) is None
+
+
 # The action log, mirrors and metrics
 
 
