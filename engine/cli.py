@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "engine.commands.test_rules",
     "engine.commands.diff",
     "engine.commands.explain",
+    "engine.commands.run",
 )
 
 

@@ -1,0 +1,227 @@
+"""`rules-engine run`: the streaming worker on a Pub/Sub subscription."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from engine.config import add_config_argument, build_registry, load_config
+from engine.durations import DurationError, parse_duration
+from engine.errors import ConfigurationError
+from engine.loader import load_rules
+from engine.worker import (
+    Worker,
+    WorkerOptions,
+    default_worker_id,
+    subscription_is_ordered,
+)
+
+__all__ = ["register"]
+
+log = structlog.get_logger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Declare the `run` command."""
+    parser = subparsers.add_parser(
+        "run",
+        help="run the rules on a Pub/Sub subscription, state in Firestore",
+        description=(
+            "Pull events, evaluate the rules on event time, commit the "
+            "checkpoint and the actions to Firestore, then acknowledge. Any "
+            "number of workers may share a subscription: the holder of the "
+            "namespace's lease evaluates, the others stand by. SIGTERM or "
+            "SIGINT finishes the current batch, commits it and exits 0."
+        ),
+    )
+    parser.add_argument("--project", required=True, help="Google Cloud project id")
+    parser.add_argument(
+        "--subscription", required=True, help="subscription id or full path"
+    )
+    parser.add_argument("--rules", required=True, help="directory of rule files")
+    parser.add_argument(
+        "--dead-letter-topic",
+        help="topic for rejected messages and actions out of attempts "
+        "(default: log them)",
+    )
+    parser.add_argument(
+        "--actions-out",
+        help="file to append each committed action to, one JSON line each",
+    )
+    parser.add_argument(
+        "--exit-when-idle",
+        type=float,
+        metavar="SECONDS",
+        help="exit after leading this many seconds without a message",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="messages per commit at most (default 2000; an ordered "
+        "subscription commits after every pull)",
+    )
+    parser.add_argument(
+        "--commit-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="pull for at most this long before committing (default 1)",
+    )
+    parser.add_argument(
+        "--namespace", default="default", help="engine namespace in Firestore"
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=5,
+        metavar="N",
+        help="attempts of a failed action before it is dead-lettered (default 5)",
+    )
+    parser.add_argument(
+        "--dedup-retention",
+        default="1h",
+        metavar="DURATION",
+        help="how long, in event time, event ids are remembered to drop "
+        "redeliveries; they are part of every checkpoint, so the rules' "
+        "default of days would make each commit megabytes, while a "
+        "redelivery comes within minutes (default 1h; 'rules' keeps the "
+        "rules' setting)",
+    )
+    parser.add_argument(
+        "--allowed-lateness",
+        default="0s",
+        metavar="DURATION",
+        help="event time an event may arrive after a later one and still be "
+        "processed in order; it delays every event by as much (default 0s, "
+        "right for an ordered subscription)",
+    )
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="lease length; a standby takes over this long after the leader "
+        "dies (default 30)",
+    )
+    parser.add_argument(
+        "--worker-id", help="name in the lease (default: host-pid, unique)"
+    )
+    parser.add_argument(
+        "--status-port",
+        type=int,
+        metavar="PORT",
+        help="serve metrics, health and the status page on 127.0.0.1:PORT",
+    )
+    add_config_argument(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the worker until it is stopped or idle."""
+    options = _options(args)
+    ruleset = load_rules(args.rules)
+    config = load_config(args.config)
+    log.info("rules loaded", rules=len(ruleset.rules), version=ruleset.version)
+
+    # Imported here: the Google client libraries take a while to import,
+    # and other commands do not need them.
+    from infra.firestore_state import FirestoreStateStore
+    from infra.pubsub import PubSubPublisher, PubSubSource
+
+    with ExitStack() as stack:
+        registry = build_registry(config)
+        stack.callback(registry.close)
+        source = stack.enter_context(PubSubSource(args.project, args.subscription))
+        store = FirestoreStateStore(args.project, options.namespace)
+        stack.callback(store.close)
+        publisher = None
+        if options.dead_letter_topic is not None:
+            publisher = stack.enter_context(PubSubPublisher(args.project))
+        observability = None
+        if args.status_port is not None:
+            from engine.observability import Observability
+            from engine.status_server import StatusServer
+
+            observability = Observability()
+            server = StatusServer(observability, port=args.status_port)
+            server.start()
+            stack.callback(server.close)
+        worker = Worker(
+            options,
+            ruleset,
+            store=store,
+            source=source,
+            publisher=publisher,
+            registry=registry,
+            observability=observability,
+            ordered=subscription_is_ordered(args.project, args.subscription),
+        )
+        _stop_on_signals(worker, stack)
+        return worker.run()
+
+
+def _options(args: argparse.Namespace) -> WorkerOptions:
+    """Check the numeric options and build the worker's settings.
+
+    Raises:
+        ConfigurationError: an option is out of range or not a duration.
+    """
+    for name, value, low in (
+        ("--batch-size", args.batch_size, 1),
+        ("--max-attempts", args.max_attempts, 1),
+    ):
+        if value < low:
+            raise ConfigurationError(f"{name} must be at least {low}, not {value}.")
+    for name, seconds in (
+        ("--exit-when-idle", args.exit_when_idle),
+        ("--commit-interval", args.commit_interval),
+        ("--lease-seconds", args.lease_seconds),
+    ):
+        if seconds is not None and seconds <= 0:
+            raise ConfigurationError(
+                f"{name} must be above 0 seconds, not {seconds:g}."
+            )
+    retention = None
+    if args.dedup_retention != "rules":
+        retention = _duration("--dedup-retention", args.dedup_retention)
+    return WorkerOptions(
+        project=args.project,
+        subscription=args.subscription,
+        namespace=args.namespace,
+        dead_letter_topic=args.dead_letter_topic,
+        actions_out=Path(args.actions_out) if args.actions_out else None,
+        exit_when_idle=args.exit_when_idle,
+        batch_size=args.batch_size,
+        commit_interval=args.commit_interval,
+        max_attempts=args.max_attempts,
+        dedup_retention=retention,
+        allowed_lateness=_duration("--allowed-lateness", args.allowed_lateness),
+        lease_seconds=args.lease_seconds,
+        worker_id=args.worker_id or default_worker_id(),
+    )
+
+
+def _duration(name: str, text: str) -> float:
+    try:
+        return parse_duration(text)
+    except DurationError as error:
+        raise ConfigurationError(f"{name}: {error}") from error
+
+
+def _stop_on_signals(worker: Worker, stack: ExitStack) -> None:
+    """Let SIGTERM and SIGINT finish the current batch instead of killing it."""
+
+    def stop(number: int, _: FrameType | None) -> None:
+        log.info("stop requested", signal=signal.Signals(number).name)
+        worker.stop()
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.signal(number, stop)
+        stack.callback(signal.signal, number, previous)
