@@ -73,6 +73,8 @@ class RuleWatcher:
         force_polling: Poll the files instead of using inotify, for
             file systems that send no notifications; None lets watchfiles
             decide.
+        prepare: Applied to every rule set that loads, before it runs;
+            the worker puts its own settings over the files' this way.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class RuleWatcher:
         debounce: float = DEBOUNCE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         force_polling: bool | None = None,
+        prepare: Callable[[RuleSet], RuleSet] | None = None,
     ) -> None:
         self.rules_dir = Path(rules_dir)
         self.stale = False
@@ -89,6 +92,7 @@ class RuleWatcher:
         self._debounce = debounce
         self._clock = clock
         self._force_polling = force_polling
+        self._prepare = prepare
         self._lock = threading.Lock()
         # An edit made between loading the rules and starting the watch
         # would otherwise go unnoticed, so the first poll checks anyway.
@@ -158,6 +162,8 @@ class RuleWatcher:
             self._changed_at = None
 
         ruleset, problems = check_rules(self.rules_dir, self._registry)
+        if ruleset is not None and self._prepare is not None:
+            ruleset = self._prepare(ruleset)
         return RuleCheck(ruleset, problems)
 
     def reload_engine(

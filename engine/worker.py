@@ -70,8 +70,9 @@ from infra.pubsub import (
 
 if TYPE_CHECKING:
     from engine.observability import Observability
+    from engine.rule_watcher import RuleWatcher
 
-__all__ = ["Worker", "WorkerOptions", "default_worker_id"]
+__all__ = ["Worker", "WorkerOptions", "apply_options", "default_worker_id"]
 
 log = structlog.get_logger(__name__)
 
@@ -147,6 +148,7 @@ class Worker:
         registry: the action handlers.
         observability: metrics and status, when served.
         ordered: whether the subscription has message ordering on.
+        watcher: reloads edited rules between batches, when watching.
     """
 
     def __init__(
@@ -160,20 +162,17 @@ class Worker:
         registry: HandlerRegistry | None = None,
         observability: Observability | None = None,
         ordered: bool = False,
+        watcher: RuleWatcher | None = None,
     ) -> None:
-        if options.dedup_retention is not None:
-            settings = ruleset.settings.model_copy(
-                update={"dedup_retention": options.dedup_retention}
-            )
-            ruleset = dataclasses.replace(ruleset, settings=settings)
         self.options = options
-        self.ruleset = ruleset
+        self.ruleset = apply_options(ruleset, options)
         self.store = store
         self.source = source
         self.publisher = publisher
         self.registry = registry or HandlerRegistry()
         self.observability = observability
         self.ordered = ordered
+        self.watcher = watcher
         self.engine: Engine | None = None
         self.buffer = ReorderBuffer(options.allowed_lateness)
         self.retries = RetryQueue(options.max_attempts, options.retry_backoff)
@@ -209,6 +208,7 @@ class Worker:
                 if self._lease is None and not self._lead():
                     self._stand_by()
                     continue
+                self._between_batches()
                 if not self._cycle():
                     reason = "idle"
                     break
@@ -275,6 +275,20 @@ class Worker:
         )
         return True
 
+    def _between_batches(self) -> None:
+        """Report that the loop is alive and swap in edited rules.
+
+        Both happen here, on the engine's thread and with no batch in
+        flight, because durable-rules must not be touched from another
+        thread and a batch must run under one rules version.
+        """
+        if self.observability is not None:
+            self.observability.heartbeat()
+        if self.watcher is not None and self.engine is not None:
+            self.watcher.reload_engine(self.engine, self.observability)
+            # Commits record this version, and a new lease starts from it.
+            self.ruleset = self.engine.ruleset
+
     def _stand_by(self) -> None:
         """Wait as a hot standby; the leader's lease decides for how long."""
         if not self._standby_logged:
@@ -328,6 +342,8 @@ class Worker:
         if messages:
             self._last_received = now
         cycle = _Cycle(received=len(messages))
+        if self.observability is not None:
+            self.observability.set_backlog(len(messages))
         self._sort_messages(messages, cycle)
 
         # A quiet stream releases everything: nothing earlier is coming. A
@@ -602,6 +618,16 @@ class Worker:
             log.error("dead-letter publish failed", topic=topic, error=str(error))
             return False
         return True
+
+
+def apply_options(ruleset: RuleSet, options: WorkerOptions) -> RuleSet:
+    """Return the rules with the worker's settings in place of the files'."""
+    if options.dedup_retention is None:
+        return ruleset
+    settings = ruleset.settings.model_copy(
+        update={"dedup_retention": options.dedup_retention}
+    )
+    return dataclasses.replace(ruleset, settings=settings)
 
 
 def subscription_is_ordered(project: str, subscription: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -17,6 +18,7 @@ from engine.loader import load_rules
 from engine.worker import (
     Worker,
     WorkerOptions,
+    apply_options,
     default_worker_id,
     subscription_is_ordered,
 )
@@ -114,10 +116,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--worker-id", help="name in the lease (default: host-pid, unique)"
     )
     parser.add_argument(
-        "--status-port",
+        "--metrics-port",
         type=int,
+        default=0,
         metavar="PORT",
-        help="serve metrics, health and the status page on 127.0.0.1:PORT",
+        help="serve /metrics, /healthz, /readyz and the status page on PORT "
+        "(default 0: off)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address the metrics port binds (default 127.0.0.1; 0.0.0.0 "
+        "lets Prometheus and probes in)",
+    )
+    parser.add_argument(
+        "--watch-rules",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reload the rules between batches when their files change; rules "
+        "that fail to load leave the running ones in place (default: on)",
     )
     add_config_argument(parser)
     parser.set_defaults(run=run)
@@ -132,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
 
     # Imported here: the Google client libraries take a while to import,
     # and other commands do not need them.
+    from engine.observability import Observability
+    from engine.rule_watcher import RuleWatcher
+    from engine.status_server import StatusServer
     from infra.firestore_state import FirestoreStateStore
     from infra.pubsub import PubSubPublisher, PubSubSource
 
@@ -145,14 +166,18 @@ def run(args: argparse.Namespace) -> int:
         if options.dead_letter_topic is not None:
             publisher = stack.enter_context(PubSubPublisher(args.project))
         observability = None
-        if args.status_port is not None:
-            from engine.observability import Observability
-            from engine.status_server import StatusServer
-
+        if args.metrics_port:
             observability = Observability()
-            server = StatusServer(observability, port=args.status_port)
+            server = StatusServer(observability, args.metrics_host, args.metrics_port)
             server.start()
             stack.callback(server.close)
+        watcher = None
+        if args.watch_rules:
+            watcher = RuleWatcher(
+                args.rules, registry, prepare=partial(apply_options, options=options)
+            )
+            watcher.start()
+            stack.callback(watcher.close)
         worker = Worker(
             options,
             ruleset,
@@ -162,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
             registry=registry,
             observability=observability,
             ordered=subscription_is_ordered(args.project, args.subscription),
+            watcher=watcher,
         )
         _stop_on_signals(worker, stack)
         return worker.run()
