@@ -179,7 +179,8 @@ class Observability:
         )
         self.backlog = Gauge(
             "rules_engine_subscription_backlog_messages",
-            "Messages waiting in the subscription, as last seen by the worker.",
+            "Messages the worker's last pull returned; a full batch means more "
+            "are waiting.",
             registry=registry,
         )
         self.rules_version = Gauge(
@@ -270,7 +271,12 @@ class Observability:
             self._heartbeat = now
 
     def set_backlog(self, messages: int) -> None:
-        """Set the subscription backlog the worker last saw."""
+        """Set the backlog the worker last saw: the messages of its last pull.
+
+        Pulls do not tell how many messages remain, so a full batch only
+        says that more are waiting. The true backlog is Pub/Sub's
+        `num_undelivered_messages` in Cloud Monitoring, which KEDA reads.
+        """
         self.backlog.set(messages)
         with self._lock:
             self._backlog = messages
