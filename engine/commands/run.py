@@ -238,7 +238,11 @@ def _duration(name: str, text: str) -> float:
     try:
         return parse_duration(text)
     except DurationError as error:
-        raise ConfigurationError(f"{name}: {error}") from error
+        reason = str(error).rstrip(".")
+        hint = f"; {error.hint}" if error.hint else ""
+        raise ConfigurationError(
+            f"{name} must be a duration such as 30s or 1h: {reason}{hint}."
+        ) from error
 
 
 def _stop_on_signals(worker: Worker, stack: ExitStack) -> None:

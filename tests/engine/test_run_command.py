@@ -1,0 +1,29 @@
+"""Tests of the `rules-engine run` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from engine.cli import main
+
+ROOT = Path(__file__).parents[2]
+_CASES = yaml.safe_load(
+    (ROOT / "tests/fixtures/worker/invalid_run_options.yaml").read_text()
+)["cases"]
+
+
+@pytest.mark.parametrize("case", _CASES, ids=[case["name"] for case in _CASES])
+def test_invalid_options_stop_the_worker_before_it_connects(
+    case: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each bad option exits 2 with one sentence that names it."""
+    argv = ["run", "--project=p", "--subscription=s", f"--rules={ROOT / 'rules'}"]
+
+    status = main([*argv, *case["args"]])
+
+    assert status == 2
+    assert capsys.readouterr().err == f"error: {case['error']}\n"
