@@ -1,0 +1,638 @@
+"""Tests of the streaming worker against the Pub/Sub and Firestore emulators.
+
+The stream is the start of the real demo stream, published with one
+ordering key to a subscription with message ordering, so that Pub/Sub
+delivers it in publish order, redeliveries included. A worker then owes
+exactly what `replay` computes from the same lines, however often it is
+killed, restarted or joined by a second worker.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+import pytest
+from google.cloud import firestore, pubsub_v1
+
+from engine.errors import TransientHandlerError
+from engine.loader import load_rules
+from engine.replay import replay_stream
+from engine.worker import Worker, WorkerOptions
+from handlers.base import ActionRequest, HandlerContext
+from handlers.cache import InvalidateCacheHandler
+from handlers.registry import HandlerRegistry
+from infra.emulators import LOOPBACK
+from infra.firestore_state import FirestoreStateStore
+from infra.pubsub import PubSubPublisher, PubSubSource
+
+pytestmark = pytest.mark.emulator
+
+ROOT = Path(__file__).parents[2]
+RULES = ROOT / "rules"
+# Enough of the demo stream for two tier changes, two scalings, seven alerts
+# and 2,544 actions in all, small enough for a worker run of ten seconds.
+STREAM_LINES = 20_000
+ORDERING_KEY = "events"
+IDLE_SECONDS = "3"
+LEASE_SECONDS = "3"
+
+
+# The stream and what replay makes of it
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A slice of the demo stream and the actions replay wrote for it."""
+
+    lines: list[bytes]
+    actions: set[bytes]
+
+    def tier_changes(self) -> list[tuple[str, str, str]]:
+        """Return (from, to, at) of every tier change, in time order."""
+        changes = []
+        for line in self.actions:
+            record = orjson.loads(line)
+            result = record.get("result") or {}
+            if record["action"] == "change_tier" and result.get("changed"):
+                changes.append((result["from"], result["to"], record["at"]))
+        return sorted(changes, key=lambda change: change[2])
+
+
+@pytest.fixture(scope="session")
+def reference(
+    demo_stream_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Reference:
+    """Replay the first lines of the demo stream once per session."""
+    with gzip.open(demo_stream_path, "rb") as stream:
+        lines = [line.rstrip(b"\n") for line in itertools.islice(stream, STREAM_LINES)]
+    folder = tmp_path_factory.mktemp("worker-reference")
+    (folder / "events.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    with (folder / "actions.jsonl").open("wb") as actions:
+        replay_stream(folder / "events.jsonl", load_rules(RULES), actions_out=actions)
+    written = (folder / "actions.jsonl").read_bytes().splitlines()
+    return Reference(lines, set(written))
+
+
+# Pub/Sub and Firestore of one test
+
+
+class Backend:
+    """The topics, subscriptions and Firestore of one test's project."""
+
+    def __init__(self, project: str, ordered: bool) -> None:
+        self.project = project
+        self.publisher = pubsub_v1.PublisherClient(
+            publisher_options=pubsub_v1.types.PublisherOptions(
+                enable_message_ordering=ordered
+            )
+        )
+        self.subscriber = pubsub_v1.SubscriberClient()
+        self.firestore = firestore.Client(project=project)
+        self.ordered = ordered
+        for topic, subscription, ordering in (
+            ("events", "engine", ordered),
+            ("dead-letters", "dead-letters-kept", False),
+        ):
+            self.publisher.create_topic(name=self.path("topics", topic))
+            self.subscriber.create_subscription(
+                request={
+                    "name": self.path("subscriptions", subscription),
+                    "topic": self.path("topics", topic),
+                    "ack_deadline_seconds": 10,
+                    "enable_message_ordering": ordering,
+                }
+            )
+
+    def path(self, kind: str, name: str) -> str:
+        return f"projects/{self.project}/{kind}/{name}"
+
+    def publish(self, bodies: list[bytes]) -> list[str]:
+        """Publish bodies in order; return their message ids."""
+        key = {"ordering_key": ORDERING_KEY} if self.ordered else {}
+        topic = self.path("topics", "events")
+        futures = [self.publisher.publish(topic, body, **key) for body in bodies]
+        return [future.result(timeout=60) for future in futures]
+
+    def pull(self, subscription: str, timeout: float = 3.0) -> list[Any]:
+        """Pull and acknowledge whatever arrives within `timeout` seconds."""
+        source = PubSubSource(self.project, subscription)
+        try:
+            messages = source.pull(1000, timeout=timeout)
+            source.ack([m.ack_id for m in messages])
+        finally:
+            source.close()
+        return messages
+
+    def processed(self) -> int:
+        manifest = FirestoreStateStore(self.project, client=self.firestore)
+        found = manifest.read_manifest()
+        return found.events_processed if found is not None else 0
+
+    def logged_actions(self) -> dict[str, dict[str, Any]]:
+        query = self.firestore.collection("actions").select(
+            ["rule", "action", "outcome", "at", "attempts"]
+        )
+        return {document.id: document.to_dict() for document in query.stream()}
+
+    def document(self, path: str) -> dict[str, Any] | None:
+        snapshot = self.firestore.document(path).get()
+        return snapshot.to_dict() if snapshot.exists else None
+
+    def tier_history(self) -> list[tuple[str, str, str]]:
+        documents = self.firestore.collection("system_config/tier/history").stream()
+        changes = [document.to_dict() for document in documents]
+        return sorted(
+            (change["from"], change["to"], _rfc3339(change["at"])) for change in changes
+        )
+
+    def close(self) -> None:
+        self.publisher.stop()
+        self.subscriber.close()
+        self.firestore.close()
+
+
+@pytest.fixture
+def ordered_backend(
+    pubsub_emulator_host: str, firestore_emulator_host: str, project_id: str
+) -> Iterator[Backend]:
+    """Return a project whose engine subscription has message ordering on."""
+    backend = Backend(project_id, ordered=True)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def unordered_backend(
+    pubsub_emulator_host: str, firestore_emulator_host: str, project_id: str
+) -> Iterator[Backend]:
+    """Return a project whose engine subscription delivers in any order."""
+    backend = Backend(project_id, ordered=False)
+    yield backend
+    backend.close()
+
+
+def _rfc3339(moment: Any) -> str:
+    return str(moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+
+
+# Workers in their own processes
+
+
+def _start_worker(
+    backend: Backend,
+    actions_out: Path,
+    log_path: Path,
+    idle: str | None = IDLE_SECONDS,
+) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable,
+        "-m",
+        "engine",
+        "--log-format=json",
+        "--log-level=info",
+        "run",
+        f"--project={backend.project}",
+        "--subscription=engine",
+        f"--rules={RULES}",
+        "--dead-letter-topic=dead-letters",
+        f"--actions-out={actions_out}",
+        f"--lease-seconds={LEASE_SECONDS}",
+    ]
+    if idle is not None:
+        command.append(f"--exit-when-idle={idle}")
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            env=dict(os.environ),
+        )
+
+
+def _wait_until(
+    condition: Callable[[], bool], timeout: float = 90.0, what: str = ""
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen in {timeout} s"
+        time.sleep(0.1)
+
+
+def _lines(paths: list[Path]) -> list[bytes]:
+    return [line for path in paths for line in path.read_bytes().splitlines()]
+
+
+def _log_events(path: Path) -> Counter[str]:
+    return Counter(
+        orjson.loads(line)["event"] for line in path.read_bytes().splitlines()
+    )
+
+
+def _assert_log_matches(backend: Backend, reference: Reference) -> None:
+    """The Firestore action log holds each reference action once, as replayed."""
+    expected = {}
+    for line in reference.actions:
+        record = orjson.loads(line)
+        expected[record["id"]] = (record["rule"], record["action"], record["at"])
+    logged = {
+        action_id: (doc["rule"], doc["action"], _rfc3339(doc["at"]))
+        for action_id, doc in backend.logged_actions().items()
+    }
+
+    assert logged == expected
+    assert backend.processed() == len(reference.lines)
+    assert backend.tier_history() == reference.tier_changes()
+    tier = backend.document("system_config/tier")
+    assert tier is not None
+    assert tier["tier"] == reference.tier_changes()[-1][1]
+
+
+# One worker, start to end
+
+
+def test_worker_actions_equal_replay_actions(
+    ordered_backend: Backend, reference: Reference, tmp_path: Path
+) -> None:
+    """One uninterrupted worker writes and logs exactly what replay writes."""
+    ordered_backend.publish(reference.lines)
+    actions_out = tmp_path / "actions.jsonl"
+
+    started = time.monotonic()
+    worker = _start_worker(ordered_backend, actions_out, tmp_path / "worker.log")
+    status = worker.wait(timeout=180)
+    seconds = time.monotonic() - started - float(IDLE_SECONDS)
+    written = _lines([actions_out])
+
+    assert status == 0, (tmp_path / "worker.log").read_text()[-2000:]
+    assert set(written) == reference.actions
+    assert len(written) == len(reference.actions)
+    _assert_log_matches(ordered_backend, reference)
+    print(f"worker: {len(reference.lines) / seconds:.0f} events/s on the emulators")
+
+
+# Interruptions
+
+
+def test_killing_the_worker_three_times_changes_nothing(
+    ordered_backend: Backend, reference: Reference, tmp_path: Path
+) -> None:
+    """kill -9 at three random points: no action lost, none twice, tier once."""
+    ordered_backend.publish(reference.lines)
+    rng = random.Random(2015)
+    total = len(reference.lines)
+    kill_points = sorted(rng.sample(range(total // 10, total * 9 // 10), 3))
+    log_path = tmp_path / "workers.log"
+    outputs = []
+
+    # The messages a killed worker held come back only once their ack
+    # deadline has passed, and the ordered key waits for them; a successor
+    # is therefore stopped when all is done, not after idle seconds.
+    for number, kill_point in enumerate(kill_points):
+        outputs.append(tmp_path / f"actions-{number}.jsonl")
+        worker = _start_worker(ordered_backend, outputs[-1], log_path, idle=None)
+        _wait_until(
+            lambda point=kill_point: ordered_backend.processed() >= point,
+            what=f"processing {kill_point} events (log: {log_path})",
+        )
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    outputs.append(tmp_path / "actions-last.jsonl")
+    last = _start_worker(ordered_backend, outputs[-1], log_path, idle=None)
+    _wait_until(
+        lambda: ordered_backend.processed() == total, what="processing every event"
+    )
+    last.send_signal(signal.SIGTERM)
+    status = last.wait(timeout=60)
+    written = _lines([path for path in outputs if path.exists()])
+
+    assert status == 0, log_path.read_text()[-2000:]
+    _assert_log_matches(ordered_backend, reference)
+    # A kill between a commit and the file write loses that batch's lines
+    # from the file (the log has them); nothing is ever written twice.
+    assert len(written) == len(set(written))
+    assert set(written) <= reference.actions
+
+
+def test_two_workers_decide_what_one_decides(
+    ordered_backend: Backend, reference: Reference, tmp_path: Path
+) -> None:
+    """A standby takes over from a leader stopped by SIGTERM, losing nothing."""
+    ordered_backend.publish(reference.lines)
+    outputs = [tmp_path / "actions-a.jsonl", tmp_path / "actions-b.jsonl"]
+    logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
+    workers = [
+        _start_worker(ordered_backend, out, log)
+        for out, log in zip(outputs, logs, strict=True)
+    ]
+
+    _wait_until(lambda: ordered_backend.processed() >= len(reference.lines) // 2)
+    lease = ordered_backend.document("engines/default/lease/current")
+    assert lease is not None
+    leader = next(w for w in workers if lease["holder"].endswith(f"-{w.pid}"))
+    leader.send_signal(signal.SIGTERM)
+    statuses = [worker.wait(timeout=180) for worker in workers]
+    written = _lines(outputs)
+    manifest = ordered_backend.document("engines/default")
+
+    assert statuses == [0, 0]
+    assert manifest is not None and manifest["epoch"] == 2
+    # A stop by SIGTERM commits, acknowledges and writes before it exits,
+    # so the two files together hold every action exactly once.
+    assert sorted(written) == sorted(reference.actions)
+    _assert_log_matches(ordered_backend, reference)
+
+
+class DedicatedFirestore:
+    """A Firestore emulator of the test's own, restartable on its port.
+
+    The emulator keeps its data in memory, so a restart goes through an
+    export and an import, as a real outage would keep committed data.
+    """
+
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder = folder
+        self.host = f"{LOOPBACK}:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, import_from: Path | None = None) -> None:
+        command = [
+            "gcloud",
+            "emulators",
+            "firestore",
+            "start",
+            f"--host-port={self.host}",
+        ]
+        if import_from is not None:
+            command.append(f"--import-data={import_from}")
+        environ = {
+            **os.environ,
+            "CLOUDSDK_CONFIG": str(self.folder / "gcloud-config"),
+            "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+            "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true",
+        }
+        with (self.folder / "emulator.log").open("ab") as log_file:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=environ,
+                start_new_session=True,
+            )
+        _wait_until(self._answers, timeout=60)
+
+    def export(self, project: str) -> Path:
+        """Export the project's data; return the metadata file to import."""
+        target = self.folder / f"export-{time.monotonic_ns()}"
+        target.mkdir()
+        request = urllib.request.Request(
+            f"http://{self.host}/emulator/v1/projects/{project}:export",
+            data=orjson.dumps(
+                {
+                    "database": f"projects/{project}/databases/(default)",
+                    "export_directory": str(target),
+                }
+            ),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        urllib.request.urlopen(request, timeout=30).close()
+        return next(target.rglob("*.overall_export_metadata"))
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.process = None
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}/", timeout=1):
+                return True
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+@pytest.fixture
+def dedicated_firestore(tmp_path: Path) -> Iterator[DedicatedFirestore]:
+    """Start a Firestore emulator of the test's own on a free port."""
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        port = probe.getsockname()[1]
+    emulator = DedicatedFirestore(tmp_path, port)
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+def test_the_worker_rides_out_a_firestore_restart(
+    pubsub_emulator_host: str,
+    project_id: str,
+    reference: Reference,
+    dedicated_firestore: DedicatedFirestore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Firestore goes away mid-stream; the worker retries and loses nothing."""
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", dedicated_firestore.host)
+    backend = Backend(project_id, ordered=True)
+    backend.publish(reference.lines)
+    log_path = tmp_path / "worker.log"
+    worker = _start_worker(backend, tmp_path / "actions.jsonl", log_path)
+    _wait_until(lambda: backend.processed() >= len(reference.lines) // 3)
+
+    # Freeze the worker so that nothing is written between the export and
+    # the stop, then let it run into the outage before Firestore returns.
+    worker.send_signal(signal.SIGSTOP)
+    time.sleep(0.5)
+    saved = dedicated_firestore.export(project_id)
+    dedicated_firestore.stop()
+    worker.send_signal(signal.SIGCONT)
+    time.sleep(2)
+    dedicated_firestore.start(import_from=saved)
+    status = worker.wait(timeout=180)
+
+    assert status == 0, log_path.read_text()[-2000:]
+    assert _log_events(log_path)["commit failed"] >= 1
+    _assert_log_matches(backend, reference)
+    backend.close()
+
+
+# Message handling, in process
+
+
+class LossySource(PubSubSource):
+    """A subscription whose first acknowledgement is lost: it redelivers."""
+
+    lost = False
+
+    def ack(self, ack_ids: Any) -> None:
+        if not self.lost:
+            self.lost = True
+            self.nack(ack_ids)
+            return
+        super().ack(ack_ids)
+
+
+def _profile_event(uid: str, second: int) -> bytes:
+    event = {
+        "specversion": "1.0",
+        "id": f"profile-{uid}",
+        "source": "/platform/users",
+        "type": "user.profile_updated",
+        "time": f"2026-03-01T12:00:{second:02d}Z",
+        "data": {"uid": uid},
+    }
+    return orjson.dumps(event)
+
+
+def _in_process_worker(
+    backend: Backend,
+    tmp_path: Path,
+    source: PubSubSource | None = None,
+    registry: HandlerRegistry | None = None,
+    **options: Any,
+) -> Worker:
+    settings = WorkerOptions(
+        project=backend.project,
+        subscription="engine",
+        dead_letter_topic="dead-letters",
+        actions_out=tmp_path / "actions.jsonl",
+        exit_when_idle=1.5,
+        lease_seconds=5,
+        worker_id="in-process",
+        **options,
+    )
+    return Worker(
+        settings,
+        load_rules(RULES),
+        store=FirestoreStateStore(backend.project),
+        source=source or PubSubSource(backend.project, "engine"),
+        publisher=PubSubPublisher(backend.project),
+        registry=registry,
+        ordered=backend.ordered,
+    )
+
+
+def test_rejected_repeated_and_redelivered_messages_have_one_effect(
+    unordered_backend: Backend, tmp_path: Path
+) -> None:
+    """Bad messages are dead-lettered; a repeated id and a redelivery count once."""
+    bodies = [
+        _profile_event("u1", 1),
+        _profile_event("u2", 2),
+        b'{"specversion": "1.0", "id": ',
+        _profile_event("u2", 2),
+        b'{"specversion":"1.0","id":"no-source","type":"user.active",'
+        b'"time":"2026-03-01T12:00:03Z"}',
+        _profile_event("u3", 4),
+    ]
+    message_ids = unordered_backend.publish(bodies)
+    source = LossySource(unordered_backend.project, "engine")
+
+    status = _in_process_worker(unordered_backend, tmp_path, source=source).run()
+    written = [orjson.loads(line) for line in _lines([tmp_path / "actions.jsonl"])]
+    dead = unordered_backend.pull("dead-letters-kept")
+
+    assert status == 0
+    assert source.lost
+    assert [(a["params"]["target"], a["outcome"]) for a in written] == [
+        ("user:u1", "ok"),
+        ("user:u2", "ok"),
+        ("user:u3", "ok"),
+    ]
+    assert len(unordered_backend.logged_actions()) == 3
+    assert unordered_backend.processed() == 3
+    # The lost acknowledgement sent both bad messages round twice; each
+    # copy carries the id of the message it stands for.
+    assert Counter(
+        (m.attributes["original_message_id"], m.attributes["reason"]) for m in dead
+    ) == {(message_ids[2], "invalid_json"): 2, (message_ids[4], "missing_attribute"): 2}
+    assert dead[0].attributes["error"].endswith(".")
+    # Everything was acknowledged in the end: nothing comes back once the
+    # 10-second ack deadline has passed.
+    assert unordered_backend.pull("engine", timeout=11) == []
+
+
+class FlakyCacheHandler(InvalidateCacheHandler):
+    """A cache whose first `failures` invalidations fail."""
+
+    failures: ClassVar[int] = 0
+
+    def execute(
+        self, request: ActionRequest, params: Any, context: HandlerContext
+    ) -> dict[str, Any]:
+        if FlakyCacheHandler.failures > 0:
+            FlakyCacheHandler.failures -= 1
+            raise TransientHandlerError("The cache did not answer in time.")
+        return super().execute(request, params, context)
+
+
+# Each case: how many attempts fail, then the logged outcome and attempts,
+# the outcomes written to --actions-out, and the dead letters' reasons.
+_FLAKY_CASES = [
+    ("one failure is retried", 1, ("ok", 2), ["failed", "ok"], []),
+    (
+        "an action out of attempts is dead-lettered",
+        99,
+        ("failed", 3),
+        ["failed", "failed", "failed"],
+        [("action_failed", "3")],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("failures", "logged", "outcomes", "dead_letters"),
+    [case[1:] for case in _FLAKY_CASES],
+    ids=[case[0] for case in _FLAKY_CASES],
+)
+def test_a_failed_action_is_retried_then_dead_lettered(
+    unordered_backend: Backend,
+    tmp_path: Path,
+    failures: int,
+    logged: tuple[str, int],
+    outcomes: list[str],
+    dead_letters: list[tuple[str, str]],
+) -> None:
+    """A failing handler gets --max-attempts tries in all, then a dead letter."""
+    FlakyCacheHandler.failures = failures
+    registry = HandlerRegistry()
+    registry.register(FlakyCacheHandler, FlakyCacheHandler())
+    unordered_backend.publish([_profile_event("u1", 1)])
+
+    status = _in_process_worker(
+        unordered_backend,
+        tmp_path,
+        registry=registry,
+        max_attempts=3,
+        retry_backoff=0.1,
+    ).run()
+    written = [orjson.loads(line) for line in _lines([tmp_path / "actions.jsonl"])]
+    (document,) = unordered_backend.logged_actions().values()
+    dead = unordered_backend.pull("dead-letters-kept")
+
+    assert status == 0
+    assert (document["outcome"], document["attempts"]) == logged
+    assert [record["outcome"] for record in written] == outcomes
+    assert {record["id"] for record in written} == {written[0]["id"]}
+    assert [(m.attributes["reason"], m.attributes["attempts"]) for m in dead] == (
+        dead_letters
+    )
