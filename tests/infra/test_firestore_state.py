@@ -5,12 +5,14 @@ from __future__ import annotations
 import random
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
+from google.cloud.firestore_v1.batch import WriteBatch
 
 from engine.actions import ActionRecord, Explanation, action_id
 from engine.errors import StateError, TransientStateError
@@ -393,6 +395,62 @@ def test_mirrors_and_metric_minutes_are_written_with_the_checkpoint(
 
 
 # Failures
+
+
+@pytest.fixture
+def lose_answer(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Return a switch: the next batch lands, but its answer never arrives."""
+    commit = WriteBatch.commit
+    armed: list[bool] = []
+
+    def commit_then_drop(self: WriteBatch, *args: Any, **kwargs: Any) -> Any:
+        results = commit(self, *args, **kwargs)
+        if armed:
+            armed.clear()
+            raise api_exceptions.ServiceUnavailable("The connection was reset.")
+        return results
+
+    monkeypatch.setattr(WriteBatch, "commit", commit_then_drop)
+    return lambda: armed.append(True)
+
+
+def test_a_commit_whose_answer_was_lost_is_recognised_as_its_own(
+    client: Any, clock: FakeClock, lose_answer: Callable[[], None]
+) -> None:
+    """The retry finds the lease moved by its own write and carries on."""
+    store = _store(client, clock)
+    lease = store.acquire_lease("worker-a", 30)
+    assert lease is not None
+    record = _record("cpu-high", T0.timestamp(), "e1")
+
+    lose_answer()
+    with pytest.raises(TransientStateError):
+        store.commit(lease, _commit({"n": 1}, actions=[record]))
+    _, report = store.commit(lease, _commit({"n": 1}, actions=[record]))
+    loaded = store.load()
+
+    assert report.skipped_actions == 1
+    assert loaded is not None
+    assert loaded.state == {"n": 1}
+    assert loaded.manifest.seq == 2
+
+
+def test_a_takeover_during_a_lost_answer_stops_the_old_holder(
+    client: Any, clock: FakeClock, lose_answer: Callable[[], None]
+) -> None:
+    """When the lease moved on meanwhile, the retry is refused."""
+    old, new = _store(client, clock), _store(client, clock)
+    lease = old.acquire_lease("worker-a", 10)
+    assert lease is not None
+
+    lose_answer()
+    with pytest.raises(TransientStateError):
+        old.commit(lease, _commit({"by": "a"}))
+    clock.advance(11)
+    assert new.acquire_lease("worker-b", 10) is not None
+
+    with pytest.raises(LeaseLostError, match="moved to 'worker-b'"):
+        old.commit(lease, _commit({"by": "a, again"}))
 
 
 def test_an_unreachable_firestore_raises_a_transient_error_at_once(
