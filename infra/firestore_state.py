@@ -13,6 +13,9 @@ One engine namespace keeps these documents::
                                          one document per tier change
     metric_history/{YYYY-MM-DDTHH:MM}    metrics.sampled values per minute
 
+The lease is `lease/current` because a document path needs an even number
+of segments. The mirrors are not namespaced: one project runs one engine.
+
 Single active evaluator, hot standby. Rules such as thresholds, windows
 and cooldowns depend on the order of events, so the engine cannot be split
 across workers without changing what it decides. Any number of workers may
@@ -27,7 +30,9 @@ since the worker last wrote or read it (a Firestore `update_time`
 precondition). A worker that lost the lease, even one paused for minutes
 that wakes up believing it still leads, can therefore never overwrite the
 state of its successor: its whole batch is refused. Each commit also
-renews the lease. The epoch counts takeovers and is stored in the manifest.
+renews the lease. The epoch counts acquisitions and is stored in the
+manifest. Lease expiry is judged by each worker's wall clock, so clocks
+must agree to well within the lease length; fencing does not depend on it.
 
 Acquire, renew and release are compare-and-set writes on the lease
 document: read it, then write on the condition that it has not changed
