@@ -609,6 +609,9 @@ class Engine:
             else self._last_sweep,
             "tier": self.tier,
             "runtimes": {name: r.snapshot() for name, r in self.runtimes.items()},
+            # What each rule's saved state means, so that a restore under
+            # edited rules keeps only what still applies.
+            "kinds": {name: _kind_of(r) for name, r in self.runtimes.items()},
             "timers": [
                 [due, seq, name, list(key) if isinstance(key, tuple) else key]
                 for due, seq, name, key in sorted(self._timers)
@@ -625,10 +628,11 @@ class Engine:
             data["last_sweep"] if data["last_sweep"] is not None else float("-inf")
         )
         self.tier = data["tier"]
+        kinds = data.get("kinds", {})
         for name, saved in data["runtimes"].items():
             runtime = self.runtimes.get(name)
             if runtime is not None:
-                runtime.restore(saved)
+                _restore_compatible(runtime, saved, kinds.get(name, _kind_of(runtime)))
         self._timers = []
         for due, seq, name, key in data["timers"]:
             self._timers.append(
@@ -669,18 +673,8 @@ class Engine:
         self._build(ruleset)
         for name, runtime in self.runtimes.items():
             previous = old_runtimes.get(name)
-            if previous is None or type(previous) is not type(runtime):
-                continue
-            saved = previous.snapshot()
-            changed = isinstance(runtime, AggregateRuntime) and (
-                aggregate_signature(runtime.spec) != aggregate_signature(previous.spec)
-            )
-            if changed:
-                saved["windows"] = []
-                for _, state in saved.get("states", []):
-                    state["pending_since"] = None
-                    state["timer_due"] = None
-            runtime.restore(saved)
+            if previous is not None:
+                _restore_compatible(runtime, previous.snapshot(), _kind_of(previous))
         old_matcher.close()
 
     def take_actions(self) -> list[ActionRecord]:
@@ -693,6 +687,36 @@ class Engine:
     def close(self) -> None:
         """Free the matcher and close the handlers."""
         self.matcher.close()
+
+
+def _kind_of(runtime: RuleRuntime) -> str:
+    """Describe what a rule's state is about: its kind and, if any, aggregate."""
+    if isinstance(runtime, AggregateRuntime):
+        return "aggregate:" + aggregate_signature(runtime.spec)
+    return type(runtime).__name__
+
+
+def _restore_compatible(runtime: RuleRuntime, saved: dict[str, Any], kind: str) -> None:
+    """Restore the part of a rule's saved state that its current form can use.
+
+    The same kind and aggregate: everything. An aggregate rule whose
+    aggregate changed: its threshold or band state (so the tier does not
+    reset) but new windows, and no pending `for` (its timer measured the
+    old value). A rule that changed kind: nothing.
+    """
+    current = _kind_of(runtime)
+    if kind == current:
+        runtime.restore(saved)
+        return
+    both_aggregates = kind.startswith("aggregate:") and current.startswith("aggregate:")
+    if not both_aggregates:
+        return
+    saved = {key: value for key, value in saved.items() if key != "windows"}
+    saved["states"] = [
+        [key, {**state, "pending_since": None, "timer_due": None}]
+        for key, state in saved.get("states", [])
+    ]
+    runtime.restore(saved)
 
 
 def _hashable(value: Any) -> Any:

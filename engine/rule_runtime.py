@@ -479,11 +479,14 @@ class AggregateRuntime(RuleRuntime):
     def restore(self, data: dict[str, Any]) -> None:
         """Load windows and per-key state saved by `snapshot`."""
         super().restore(data)
-        # Cleared in place: the group may be shared with other rules.
-        self.windows.clear()
-        self.windows.last_view = None
-        for key, saved in data.get("windows", []):
-            self._window(key).restore(saved)
+        # Without saved windows (the aggregate changed) the group is left as
+        # it is: it may be shared with a rule whose windows were restored.
+        if "windows" in data:
+            # Cleared in place: the group may be shared with other rules.
+            self.windows.clear()
+            self.windows.last_view = None
+            for key, saved in data["windows"]:
+                self._window(key).restore(saved)
         self.states = {}
         for key, saved in data.get("states", []):
             saved = dict(saved)
