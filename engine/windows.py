@@ -29,11 +29,11 @@ class SlidingWindow:
     """Count, sum, average, minimum, maximum, distinct count or latest value."""
 
     __slots__ = (
-        "_expired_at",
         "_buckets",
         "_count",
         "_distinct",
         "_distinct_order",
+        "_expired_at",
         "_sum",
         "fn",
         "latest",

@@ -68,10 +68,11 @@ def test_restore_under_a_changed_aggregate_keeps_state_but_not_windows(
     edited_dir = tmp_path / "rules"
     shutil.copytree(ROOT / "rules", edited_dir)
     scaling = edited_dir / "scaling.yaml"
+    burst_rule = "threshold: {above: 50, clear_below: 40}"
     scaling.write_text(
         scaling.read_text().replace(
-            "aggregate: {fn: count, window: 1m}\n    threshold: {above: 50, clear_below: 40}",
-            "aggregate: {fn: count, window: 2m}\n    threshold: {above: 50, clear_below: 40}",
+            f"aggregate: {{fn: count, window: 1m}}\n    {burst_rule}",
+            f"aggregate: {{fn: count, window: 2m}}\n    {burst_rule}",
         )
     )
     edited = load_rules(edited_dir)
