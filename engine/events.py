@@ -64,8 +64,6 @@ class Event:
     data: dict[str, Any]
     subject: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    # The view rules read (see `rule_view`), built on first use.
-    _view: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def event(self) -> Event:
@@ -74,17 +72,16 @@ class Event:
 
     def rule_view(self) -> dict[str, Any]:
         """Return the attributes and data that rule paths and templates read."""
-        view = self._view
-        if view is None:
-            view = self._view = {
-                "id": self.id,
-                "type": self.type,
-                "source": self.source,
-                "time": self.time,
-                "subject": self.subject,
-                "data": self.data,
-            }
-        return view
+        # Built on each call: rules read `data.` paths without it, so only
+        # templates and paths outside data need it.
+        return {
+            "id": self.id,
+            "type": self.type,
+            "source": self.source,
+            "time": self.time,
+            "subject": self.subject,
+            "data": self.data,
+        }
 
     # The engine's name for the same view.
     mapping = rule_view

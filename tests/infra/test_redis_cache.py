@@ -72,7 +72,7 @@ def test_pattern_removes_every_match_and_nothing_else(
 
     assert removed == 5000
     assert list(client.scan_iter(match=f"{prefix}user:*", count=1000)) == []
-    assert sorted(client.scan_iter(match=f"{prefix}*", count=1000)) == sorted(others)
+    assert set(client.scan_iter(match=f"{prefix}*", count=1000)) == set(others)
     assert _command_calls(client, "keys") == keys_calls
     assert _command_calls(client, "scan") > scan_calls
 
@@ -100,7 +100,8 @@ def test_glob_patterns_follow_redis_matching(
 
     removed = backend.invalidate(f"{prefix}{pattern}")
 
-    left = sorted(k.removeprefix(prefix) for k in client.scan_iter(f"{prefix}*"))
+    # SCAN may return a key more than once, so the keys left are a set.
+    left = sorted({k.removeprefix(prefix) for k in client.scan_iter(f"{prefix}*")})
     assert left == expected_left
     assert removed == len(names) - len(expected_left)
 
