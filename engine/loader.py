@@ -410,8 +410,7 @@ def check_rules(
                         column,
                         None,
                         "Settings are defined in more than one file.",
-                        f"keep the settings in one file; {settings_file} has "
-                        "them too",
+                        f"keep the settings in one file; {settings_file} has them too",
                     )
                 )
             settings = result.parsed.settings

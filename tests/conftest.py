@@ -98,7 +98,9 @@ def demo_stream_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_replay(demo_stream_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def demo_replay(
+    demo_stream_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Any:
     """Replay the demo stream through the shipped rules once per session."""
     from engine.loader import load_rules
     from engine.replay import replay_stream
