@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from engine.events import format_time
+from handlers.base import ActionRequest
 
 __all__ = ["ActionRecord", "Explanation", "action_id", "encode_record"]
 
@@ -62,6 +63,13 @@ class ActionRecord:
     # Wall-clock seconds the handler took; None if no handler ran. Left out
     # of the mapping, so that a replay writes the same bytes every time.
     seconds: float | None = field(default=None, compare=False)
+
+    def to_request(self) -> ActionRequest:
+        """Return what a handler receives to carry out this action."""
+        trigger = {"event_id": self.trigger_id, "type": self.trigger_type}
+        return ActionRequest(
+            self.id, self.rule, self.action, self.params, self.at, trigger
+        )
 
     def to_mapping(self) -> dict[str, Any]:
         """Return the record as the JSON line `replay` writes."""

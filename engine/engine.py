@@ -37,7 +37,6 @@ from engine.rule_runtime import (
     build_runtime,
 )
 from engine.templates import TemplateError, find_placeholders, render
-from handlers.base import ActionRequest
 from handlers.registry import HandlerRegistry
 
 __all__ = ["Engine", "EngineStats", "EventView"]
@@ -524,14 +523,7 @@ class Engine:
             self._finish(record)
             return
         handler = self.registry.get(record.action)
-        request = ActionRequest(
-            record.id,
-            record.rule,
-            record.action,
-            record.params,
-            record.at,
-            {"event_id": record.trigger_id, "type": record.trigger_type},
-        )
+        request = record.to_request()
         self._current_action = record.id
         started = time.perf_counter()
         try:

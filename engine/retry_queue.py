@@ -27,7 +27,6 @@ from pydantic import ValidationError
 
 from engine.actions import ActionRecord, Explanation
 from engine.errors import EngineError
-from handlers.base import ActionRequest
 
 if TYPE_CHECKING:
     from engine.engine import Engine
@@ -109,14 +108,7 @@ class RetryQueue:
 
 def _execute(record: ActionRecord, engine: Engine) -> None:
     handler = engine.registry.get(record.action)
-    request = ActionRequest(
-        record.id,
-        record.rule,
-        record.action,
-        record.params,
-        record.at,
-        {"event_id": record.trigger_id, "type": record.trigger_type},
-    )
+    request = record.to_request()
     record.error = None
     try:
         params = handler.Params.model_validate(record.params)
