@@ -8,12 +8,15 @@ writes is cut into requests that Firestore accepts.
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from google.cloud.firestore_v1.types import common, document
+from google.cloud.firestore_v1.types import write as write_types
 
 from engine.actions import ActionRecord
 
@@ -126,6 +129,17 @@ def sized_write(kind: str, path: str, data: dict[str, Any]) -> Write:
 def add_write(client: Any, batch: Any, write: Write) -> None:
     """Add one write to a Firestore batch."""
     ref = client.document(write.path)
+    if write.kind in ("create", "set") and write.data is not None:
+        encoded = _encode_write(ref._document_path, write)
+        if encoded is not None:
+            # The batch's own create and set build each value through the
+            # proto-plus wrappers, which took about 0.6 ms per action
+            # document, more than the rest of a worker's cycle per event.
+            # The private `_add_write_pbs` is the one way to hand a batch
+            # a write built here; the test of this module checks that the
+            # result equals what `create` and `set` build.
+            batch._add_write_pbs([encoded])
+            return
     if write.kind == "create":
         batch.create(ref, write.data)
     elif write.kind == "set":
@@ -206,3 +220,67 @@ def _storable(value: Any) -> Any:
 
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
+
+
+# Encoding writes as raw protobufs
+
+_WritePb = write_types.Write.pb()
+_DocumentPb = document.Document.pb()
+_ValuePb = document.Value.pb()
+_PreconditionPb = common.Precondition.pb()
+
+
+class _NotEncodable(Exception):
+    """A value of a type that only the Firestore client knows how to encode."""
+
+
+def _encode_write(document_path: str, write: Write) -> Any:
+    """Return a create or set as a `Write` message, or None for odd values."""
+    assert write.data is not None
+    try:
+        fields = {name: _encode_value(v) for name, v in write.data.items()}
+    except _NotEncodable:
+        return None
+    encoded = _WritePb(update=_DocumentPb(name=document_path, fields=fields))
+    if write.kind == "create":
+        encoded.current_document.CopyFrom(_PreconditionPb(exists=False))
+    return write_types.Write.wrap(encoded)
+
+
+def _encode_value(value: Any) -> Any:
+    """Encode a value as the Firestore client does, for the types we store."""
+    # bool before int: it is a subclass of int.
+    if value is None:
+        return _ValuePb(null_value=0)
+    if isinstance(value, bool):
+        return _ValuePb(boolean_value=value)
+    if isinstance(value, int):
+        return _ValuePb(integer_value=value)
+    if isinstance(value, float):
+        return _ValuePb(double_value=value)
+    if isinstance(value, str):
+        return _ValuePb(string_value=value)
+    if type(value) is bytes:
+        return _ValuePb(bytes_value=value)
+    if type(value) is datetime:
+        encoded = _ValuePb()
+        # SetInParent marks the field as present even when it is all zero:
+        # the epoch, an empty map, an empty array.
+        encoded.timestamp_value.SetInParent()
+        # A naive datetime is UTC, as the client takes it.
+        encoded.timestamp_value.seconds = calendar.timegm(value.utctimetuple())
+        encoded.timestamp_value.nanos = value.microsecond * 1000
+        return encoded
+    if type(value) is dict:
+        encoded = _ValuePb()
+        encoded.map_value.SetInParent()
+        fields = encoded.map_value.fields
+        for name, item in value.items():
+            fields[name].CopyFrom(_encode_value(item))
+        return encoded
+    if type(value) in (list, tuple):
+        encoded = _ValuePb()
+        encoded.array_value.SetInParent()
+        encoded.array_value.values.extend(_encode_value(item) for item in value)
+        return encoded
+    raise _NotEncodable(type(value).__name__)
