@@ -29,7 +29,9 @@ Delivery guarantees, and what makes them:
 
 An ordered subscription delivers the next messages of a key only once the
 earlier ones are acknowledged, so on one the worker commits after every
-pull; otherwise it gathers several pulls into one commit.
+pull; otherwise it gathers several pulls into one commit, and pulls the
+next batch while the commit is under way. A batch pulled ahead is only
+held: it is processed after the commit, and acknowledged after its own.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import dataclasses
 import os
 import socket
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -184,6 +187,8 @@ class Worker:
         self._standby_logged = False
         self._last_received = time.monotonic()
         self._actions_out: IO[bytes] | None = None
+        self._puller: ThreadPoolExecutor | None = None
+        self._pulled_ahead: Future[list[ReceivedMessage]] | None = None
 
     def stop(self) -> None:
         """Ask the worker to finish its current batch and exit."""
@@ -203,6 +208,7 @@ class Worker:
             self.observability.set_rules(self.ruleset)
             self.observability.set_ready(True)
         reason = "signal"
+        self._puller = ThreadPoolExecutor(1, thread_name_prefix="worker-pull")
         try:
             while not self._stopping:
                 if self._lease is None and not self._lead():
@@ -212,8 +218,10 @@ class Worker:
                 if not self._cycle():
                     reason = "idle"
                     break
+            self._return_pulled_ahead()
             self._release()
         finally:
+            self._puller.shutdown(cancel_futures=True)
             if self._actions_out is not None:
                 self._actions_out.close()
             if self.engine is not None:
@@ -325,6 +333,7 @@ class Worker:
         """Give up after losing the lease: the successor owns the messages."""
         log.warning("lease lost", worker=self.options.worker_id, error=str(error))
         self._settle(cycle.nack + cycle.ack, nack=True)
+        self._return_pulled_ahead()
         if self.engine is not None:
             self.engine.close()
         self.engine, self._lease = None, None
@@ -337,7 +346,7 @@ class Worker:
         Returns False once the worker has been idle for `exit_when_idle`.
         """
         started = time.perf_counter()
-        messages = self._pull()
+        messages = self._take_pulled_ahead()
         now = time.monotonic()
         if messages:
             self._last_received = now
@@ -359,6 +368,7 @@ class Worker:
         progress = self._process(events)
         self._retry_actions(due, progress)
         self._publish_dead_letters(cycle)
+        self._pull_ahead()
         try:
             report = self._commit(progress, cycle)
         except LeaseLostError as error:
@@ -386,6 +396,35 @@ class Worker:
             commit_seconds=round(report.seconds, 4),
         )
         return True
+
+    def _pull_ahead(self) -> None:
+        """Start pulling the next batch, to overlap it with the commit.
+
+        Only on an unordered subscription: an ordered one holds back the
+        next messages of a key until the commit is acknowledged anyway.
+        """
+        if self.ordered or self._stopping or self._puller is None:
+            return
+        self._pulled_ahead = self._puller.submit(self._pull)
+
+    def _take_pulled_ahead(self) -> list[ReceivedMessage]:
+        """Return the batch pulled during the last commit, or pull one now."""
+        pulled, self._pulled_ahead = self._pulled_ahead, None
+        if pulled is None:
+            return self._pull()
+        return pulled.result()
+
+    def _return_pulled_ahead(self) -> None:
+        """Hand a batch pulled ahead back to Pub/Sub, unprocessed."""
+        pulled, self._pulled_ahead = self._pulled_ahead, None
+        if pulled is None:
+            return
+        try:
+            messages = pulled.result()
+        except SourceError as error:
+            log.warning("pull failed", error=str(error))
+            return
+        self._settle([message.ack_id for message in messages], nack=True)
 
     def _pull(self) -> list[ReceivedMessage]:
         """Pull one batch: several pulls, or a single one on an ordered subscription."""
