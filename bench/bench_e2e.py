@@ -1,48 +1,66 @@
-"""Measure the engine end to end on the Pub/Sub emulator.
+"""Measure the streaming worker end to end on the emulators.
 
-Three measurements, in one run, reported as ratios rather than asserted:
+Three measurements, in one run, reported rather than asserted:
 
 (a) raw: M messages published to a topic with two subscriptions; one
     subscription is drained with batched pull + acknowledge and nothing
     else. This is the ceiling the client and the emulator allow.
-(b) engine: the other subscription is drained through pull, decode,
-    `Engine.process` with the shipped rules, and acknowledge, timed from
-    the first pull to the last acknowledgement.
+(b) worker: the other subscription, holding the same M messages, is
+    drained by the real streaming worker (`engine.worker.Worker`) with the
+    shipped rules, the embedded handlers, its state in the Firestore
+    emulator and the defaults of `rules-engine run`: pull, decode, reorder,
+    process, commit the checkpoint and the actions, then acknowledge. It
+    is timed from its first pull to its last acknowledgement, which comes
+    after the commit of the last batch; the idle wait before it exits is
+    not counted.
 (c) latency: a separate process publishes at a steady rate with the
-    publish time in a message attribute; this process consumes as in (b)
-    and measures publish-to-action latency for the events that caused
-    actions, and publish-to-processed latency for all.
+    publish time in a message attribute, and a fresh worker consumes the
+    stream. An action's latency runs from its event's publish to the
+    return of the Firestore commit that holds it, the moment it is durable
+    (the actions-out line and the acknowledgement follow). Every message
+    also gets its publish-to-acknowledge latency.
 
-The last line is `ratio_vs_raw_pull=<engine msgs/s / raw msgs/s>`.
-Runs only against an emulator on the loopback interface.
+The worker runs in this process so that thin subclasses of its source and
+store can note the times: they add a clock read per call and, in (c) only,
+a dictionary entry per message. Rule files are not watched, as with
+`rules-engine run --no-watch-rules`.
+
+The last line is `ratio_vs_raw_pull=<worker msgs/s / raw msgs/s>`.
+Runs only against emulators on the loopback interface.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.cloud import pubsub_v1
 
 from engine.config import build_registry, load_config
-from engine.engine import Engine
-from engine.errors import EventRejected
+from engine.events import Event
 from engine.loader import load_rules
 from engine.logging import configure_logging
+from engine.worker import Worker, WorkerOptions
+from infra.firestore_state import (
+    CommitReport,
+    FirestoreStateStore,
+    Lease,
+    StateCommit,
+)
 from infra.pubsub import (
     STRUCTURED_CONTENT_TYPE,
     PubSubPublisher,
     PubSubSource,
     ReceivedMessage,
-    decode_message,
 )
 from infra.stream_publisher import TokenBucket
 
@@ -51,6 +69,9 @@ ROOT = Path(__file__).resolve().parent.parent
 AMZN = ROOT / "data/nab/data/realTweets/Twitter_volume_AMZN.csv"
 STREAM = ROOT / "out/bench-amzn.jsonl"
 PUBLISHED_AT = "published_at"
+# Long enough for the paced publisher's process to start and send.
+LATENCY_IDLE_SECONDS = 10.0
+THROUGHPUT_IDLE_SECONDS = 2.0
 
 
 def build_stream() -> None:
@@ -70,19 +91,19 @@ def read_lines(count: int) -> list[bytes]:
         return [line.rstrip(b"\n") for line in itertools.islice(stream, count)]
 
 
-def require_emulator() -> str:
-    """Return the emulator address, refusing anything but loopback."""
-    host = os.environ.get("PUBSUB_EMULATOR_HOST", "")
-    if not host.startswith(("127.0.0.1:", "localhost:")):
-        sys.exit(
-            "PUBSUB_EMULATOR_HOST must point at a local emulator (127.0.0.1:PORT); "
-            "run `make bench-e2e`, which starts one."
-        )
-    return host
+def require_emulators() -> None:
+    """Refuse to run unless Pub/Sub and Firestore are local emulators."""
+    for variable in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST"):
+        host = os.environ.get(variable, "")
+        if not host.startswith(("127.0.0.1:", "localhost:")):
+            sys.exit(
+                f"{variable} must point at a local emulator (127.0.0.1:PORT); "
+                "run `make bench-e2e`, which starts them."
+            )
 
 
 def create_topic(project: str, topic: str, subscriptions: list[str]) -> None:
-    """Create a topic and plain subscriptions to it."""
+    """Create a topic and plain (unordered) subscriptions to it."""
     publisher = pubsub_v1.PublisherClient()
     subscriber = pubsub_v1.SubscriberClient()
     topic_path = publisher.topic_path(project, topic)
@@ -99,21 +120,10 @@ def create_topic(project: str, topic: str, subscriptions: list[str]) -> None:
     publisher.stop()
 
 
-def new_engine() -> Engine:
-    """Return an engine with the shipped rules and the embedded handlers."""
-    ruleset = load_rules(ROOT / "rules")
-    return Engine(ruleset, build_registry(load_config(environ={})))
+# (a) the raw ceiling
 
 
-# Draining
-
-
-def drain(
-    project: str,
-    subscription: str,
-    count: int,
-    handle: Callable[[list[ReceivedMessage]], None] | None = None,
-) -> float:
+def drain(project: str, subscription: str, count: int) -> float:
     """Pull and acknowledge `count` messages; return the seconds it took."""
     received = 0
     with PubSubSource(project, subscription) as source:
@@ -122,54 +132,145 @@ def drain(
             batch = source.pull(max_messages=1000, timeout=10)
             if not batch:
                 sys.exit(f"{subscription}: only {received} of {count} arrived")
-            if handle is not None:
-                handle(batch)
             source.ack([message.ack_id for message in batch])
             received += len(batch)
         return time.perf_counter() - started
 
 
-class EngineLoop:
-    """Decode and process pulled batches; note latency when asked."""
+# (b) and (c) the worker, with its times noted
 
-    def __init__(self, subscription_path: str, clock_attribute: bool) -> None:
-        self._path = subscription_path
-        self._clock_attribute = clock_attribute
-        self.engine = new_engine()
-        self.rejected = 0
+
+class TimedSource(PubSubSource):
+    """The worker's subscription, noting the first pull and every ack.
+
+    With `stamped`, it also keeps each message's publish stamp by ack id
+    and by event id, for the latency of acknowledgements and actions.
+    """
+
+    def __init__(self, project: str, subscription: str, stamped: bool) -> None:
+        super().__init__(project, subscription)
+        self.stamped = stamped
+        self.first_pull: float | None = None
+        self.last_ack = 0.0
+        self.acked = 0
+        self.sent_by_ack_id: dict[str, float] = {}
+        self.sent_by_event_id: dict[str, float] = {}
+        self.ack_latency: list[float] = []
+
+    def pull(
+        self, max_messages: int = 1000, timeout: float = 10.0
+    ) -> list[ReceivedMessage]:
+        if self.first_pull is None:
+            self.first_pull = time.perf_counter()
+        messages = super().pull(max_messages, timeout)
+        if self.stamped:
+            for message in messages:
+                sent = float(message.attributes[PUBLISHED_AT])
+                self.sent_by_ack_id[message.ack_id] = sent
+        return messages
+
+    def decode(self, message: ReceivedMessage) -> Event:
+        event = super().decode(message)
+        if self.stamped:
+            self.sent_by_event_id[event.id] = self.sent_by_ack_id[message.ack_id]
+        return event
+
+    def ack(self, ack_ids: Sequence[str]) -> None:
+        super().ack(ack_ids)
+        self.last_ack = time.perf_counter()
+        self.acked += len(ack_ids)
+        if self.stamped:
+            now = time.time()
+            self.ack_latency += [now - self.sent_by_ack_id[i] for i in ack_ids]
+
+
+class TimedStore(FirestoreStateStore):
+    """The worker's Firestore state, noting each commit and its actions."""
+
+    def __init__(self, project: str, namespace: str, source: TimedSource) -> None:
+        super().__init__(project, namespace)
+        self.source = source
+        self.reports: list[CommitReport] = []
         self.actions = 0
-        self.delivered_latency: list[float] = []
-        self.processed_latency: list[float] = []
         self.action_latency: list[float] = []
 
-    def __call__(self, batch: list[ReceivedMessage]) -> None:
-        engine = self.engine
-        arrived = time.time()
-        for message in batch:
-            try:
-                event = decode_message(
-                    message.data,
-                    message.attributes,
-                    message.message_id,
-                    message.publish_time,
-                    self._path,
-                )
-            except EventRejected:
-                self.rejected += 1
-                continue
-            actions = engine.process(event)
-            self.actions += len(actions)
-            if self._clock_attribute:
-                sent = float(message.attributes[PUBLISHED_AT])
-                latency = time.time() - sent
-                self.delivered_latency.append(arrived - sent)
-                self.processed_latency.append(latency)
-                if actions:
-                    self.action_latency.append(latency)
-        engine.take_actions()
+    def commit(self, lease: Lease, commit: StateCommit) -> tuple[Lease, CommitReport]:
+        lease, report = super().commit(lease, commit)
+        self.reports.append(report)
+        self.actions += len(commit.actions)
+        if self.source.stamped:
+            now = time.time()
+            sent = self.source.sent_by_event_id
+            self.action_latency += [now - sent[r.trigger_id] for r in commit.actions]
+        return lease, report
 
 
-# Paced publishing, in its own process so that it does not share the GIL
+@dataclass
+class WorkerRun:
+    """What one worker run did, as its source and store noted it."""
+
+    source: TimedSource
+    store: TimedStore
+
+    @property
+    def seconds(self) -> float:
+        """Return the time from the first pull to the last acknowledgement."""
+        assert self.source.first_pull is not None
+        return self.source.last_ack - self.source.first_pull
+
+    def describe(self) -> str:
+        """Return the commits, their sizes and the actions, on one line."""
+        reports = self.store.reports
+        commits = len(reports) or 1
+        mean_ms = sum(r.seconds for r in reports) / commits * 1000
+        largest = max((r.compressed_bytes for r in reports), default=0)
+        return (
+            f"{self.source.acked} acked, {self.store.actions} actions, "
+            f"{len(reports)} commits of {self.source.acked / commits:.0f} msgs, "
+            f"{mean_ms:.1f} ms mean, checkpoint <= {largest} bytes"
+        )
+
+
+def run_worker(
+    project: str,
+    subscription: str,
+    count: int,
+    idle: float,
+    stamped: bool = False,
+    publisher: subprocess.Popen[bytes] | None = None,
+) -> WorkerRun:
+    """Run a fresh worker on `subscription` until it is idle; note its times."""
+    source = TimedSource(project, subscription, stamped)
+    store = TimedStore(project, f"bench-{subscription}", source)
+    registry = build_registry(load_config(environ={}))
+    with tempfile.TemporaryDirectory() as folder:
+        options = WorkerOptions(
+            project=project,
+            subscription=subscription,
+            namespace=store.namespace,
+            actions_out=Path(folder) / "actions.jsonl",
+            exit_when_idle=idle,
+            worker_id="bench",
+        )
+        worker = Worker(
+            options,
+            load_rules(ROOT / "rules"),
+            store=store,
+            source=source,
+            registry=registry,
+        )
+        try:
+            worker.run()
+        finally:
+            registry.close()
+            store.close()
+            source.close()
+    if source.acked < count:
+        sys.exit(f"{subscription}: the worker acknowledged {source.acked} of {count}")
+    return WorkerRun(source, store)
+
+
+# (c) paced publishing, in its own process so that it does not share the GIL
 
 
 def paced_messages(
@@ -198,6 +299,16 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[rank] * 1000
 
 
+def latency_line(name: str, values: list[float], what: str) -> str:
+    """Return one line of p50 and p99 for `values`."""
+    if not values:
+        return f"{name}: none measured"
+    return (
+        f"{name} p50 {percentile(values, 0.5):.1f} ms, "
+        f"p99 {percentile(values, 0.99):.1f} ms over {len(values)} {what}"
+    )
+
+
 # Main
 
 
@@ -215,76 +326,56 @@ def main() -> int:
         run_paced_publisher(project, topic, args.rate, latency_count)
         return 0
 
-    require_emulator()
+    require_emulators()
     build_stream()
     # The notify handler logs every alert; the bench measures, not alerts.
     configure_logging("json", "error")
     project = f"bench-{uuid.uuid4().hex[:8]}"
-    worker_present = importlib.util.find_spec("engine.worker") is not None
-    loop_note = (
-        "engine.worker exists but its loop is not wired here; the bench's own loop ran"
-        if worker_present
-        else "engine.worker does not exist yet; the bench's own loop ran"
-    )
 
     # (a) and (b): one publish, two subscriptions
     lines = read_lines(args.messages)
-    create_topic(project, "bench-events", ["raw", "engine"])
+    count = len(lines)
+    create_topic(project, "bench-events", ["raw", "worker"])
     attributes = {"content-type": STRUCTURED_CONTENT_TYPE}
     started = time.perf_counter()
     with PubSubPublisher(project) as publisher:
         publisher.publish("bench-events", ((line, attributes) for line in lines))
     publish_seconds = time.perf_counter() - started
 
-    raw_seconds = drain(project, "raw", len(lines))
-    loop = EngineLoop(f"projects/{project}/subscriptions/engine", False)
-    engine_seconds = drain(project, "engine", len(lines), loop)
+    raw_seconds = drain(project, "raw", count)
+    throughput = run_worker(project, "worker", count, THROUGHPUT_IDLE_SECONDS)
 
     # (c): steady rate from another process
     create_topic(project, "bench-latency", ["latency"])
     command = [sys.executable, __file__, "--paced-publisher", project, "bench-latency"]
     command += ["--rate", str(args.rate), "--seconds", str(args.seconds)]
     publisher_process = subprocess.Popen(command, cwd=ROOT)
-    latency_loop = EngineLoop(f"projects/{project}/subscriptions/latency", True)
-    latency_seconds = drain(project, "latency", latency_count, latency_loop)
+    latency = run_worker(
+        project, "latency", latency_count, LATENCY_IDLE_SECONDS, stamped=True
+    )
     publisher_process.wait(timeout=60)
 
     # Report
-    count = len(lines)
     raw_rate = count / raw_seconds
-    engine_rate = count / engine_seconds
+    worker_rate = count / throughput.seconds
     rows = [
         ("publish (client, structured)", count, publish_seconds),
-        ("(a) pull + ack, no engine", count, raw_seconds),
-        ("(b) pull + decode + process + ack", count, engine_seconds),
-        (f"(c) consume at {args.rate:g}/s", latency_count, latency_seconds),
+        ("(a) raw pull + ack", count, raw_seconds),
+        ("(b) worker, first pull to last ack", count, throughput.seconds),
+        (f"(c) worker at {args.rate:g}/s", latency_count, latency.seconds),
     ]
-    print(f"{'step':<36}{'messages':>10}{'seconds':>10}{'msgs/s':>10}")
+    print(f"{'step':<38}{'messages':>10}{'seconds':>10}{'msgs/s':>10}")
     for name, messages, seconds in rows:
-        print(f"{name:<36}{messages:>10}{seconds:>10.2f}{messages / seconds:>10.0f}")
-    print(f"(b) actions {loop.actions}, rejected {loop.rejected}; {loop_note}")
-    delivered = latency_loop.delivered_latency
-    processed = latency_loop.processed_latency
-    acted = latency_loop.action_latency
-    # Delivery is the part the engine does not control: the client's
-    # batching and how long the emulator holds a pull open.
+        print(f"{name:<38}{messages:>10}{seconds:>10.2f}{messages / seconds:>10.0f}")
+    print(f"(b) {throughput.describe()}")
+    print(f"(c) {latency.describe()}")
+    print(latency_line("(c) publish->ack", latency.source.ack_latency, "messages"))
     print(
-        f"(c) publish->pulled p50 {percentile(delivered, 0.5):.1f} ms, "
-        f"p99 {percentile(delivered, 0.99):.1f} ms"
-    )
-    print(
-        f"(c) publish->processed p50 {percentile(processed, 0.5):.1f} ms, "
-        f"p99 {percentile(processed, 0.99):.1f} ms over {len(processed)} events"
-    )
-    if acted:
-        print(
-            f"(c) publish->action p50 {percentile(acted, 0.5):.1f} ms, "
-            f"p99 {percentile(acted, 0.99):.1f} ms over {len(acted)} events "
-            f"that caused {latency_loop.actions} actions"
+        latency_line(
+            "(c) publish->action committed", latency.store.action_latency, "actions"
         )
-    else:
-        print("(c) no event caused an action; only publish->processed is reported")
-    print(f"ratio_vs_raw_pull={engine_rate / raw_rate:.2f}")
+    )
+    print(f"ratio_vs_raw_pull={worker_rate / raw_rate:.2f}")
     return 0
 
 
