@@ -19,7 +19,7 @@ from engine.events import format_time, parse_time
 from engine.loader import LoadedRule, RuleSet
 from engine.replay import iter_lines, open_stream
 
-__all__ = ["explain_action", "find_action", "rule_source"]
+__all__ = ["explain_action", "find_action", "record_from_mapping", "rule_source"]
 
 # Ids are hex digests; a shorter prefix would match too much to be useful.
 _MIN_PREFIX = 4
@@ -60,10 +60,10 @@ def find_action(path: str | Path, action_id: str) -> ActionRecord:
             f"The id {action_id!r} starts {len(matches)} action ids in {path}; "
             "give more characters."
         )
-    return _record_from_mapping(matches[0], path)
+    return record_from_mapping(matches[0], path)
 
 
-def _record_from_mapping(mapping: dict[str, Any], path: str | Path) -> ActionRecord:
+def record_from_mapping(mapping: dict[str, Any], path: str | Path) -> ActionRecord:
     try:
         why = mapping.get("why", {})
         trigger = mapping.get("trigger", {})

@@ -481,6 +481,21 @@ class FirestoreStateStore:
         snapshot = self._get(self._manifest_path)
         return _manifest_from(snapshot.to_dict()) if snapshot.exists else None
 
+    def read_action(self, action_id: str) -> dict[str, Any] | None:
+        """Return one logged action as `replay` writes it, or None.
+
+        Raises:
+            TransientStateError: Firestore is unreachable for now.
+        """
+        snapshot = self._get(f"actions/{action_id}")
+        if not snapshot.exists:
+            return None
+        document: dict[str, Any] = snapshot.to_dict()
+        at = document.get("at")
+        if isinstance(at, datetime):
+            document["at"] = at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return document
+
     def actions_by_rule(
         self, rule: str, start: datetime, end: datetime, limit: int = 1000
     ) -> list[dict[str, Any]]:

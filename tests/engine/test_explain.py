@@ -208,3 +208,43 @@ def test_the_command_prints_the_explanation(
 
     assert status == 0
     assert capsys.readouterr().out == explain_action(burst) + "\n"
+
+
+def test_the_command_reads_the_workers_action_log_in_firestore(
+    actions: list[ActionRecord],
+    firestore_emulator_host: str,
+    project_id: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`explain ID --project P` finds the action the worker logged in Firestore."""
+    from datetime import UTC, datetime
+
+    from google.cloud import firestore
+
+    from infra.firestore_documents import action_document
+
+    burst = by_rule(actions, "order-burst")
+    client = firestore.Client(project=project_id)
+    document = action_document(burst, datetime.now(UTC))
+    client.document(f"actions/{burst.id}").set(document)
+
+    status = main(["explain", burst.id, "--project", project_id])
+
+    # Firestore gives maps back with their keys in order.
+    stored = replace(
+        burst,
+        params=dict(sorted(burst.params.items())),
+        result=dict(sorted((burst.result or {}).items())),
+    )
+    assert status == 0
+    assert capsys.readouterr().out == explain_action(stored) + "\n"
+
+
+def test_an_action_missing_from_firestore_is_refused(
+    firestore_emulator_host: str, project_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An id the Firestore log does not hold is an error naming the project."""
+    status = main(["explain", "0123456789abcdef0123", "--project", project_id])
+
+    assert status == 2
+    assert f"project {project_id!r}" in capsys.readouterr().err
