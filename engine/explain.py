@@ -180,7 +180,9 @@ def rule_source(loaded: LoadedRule) -> str:
 def _fields(values: dict[str, Any]) -> str:
     if not values:
         return "none"
-    return ", ".join(f"{key}={_show(value)}" for key, value in values.items())
+    # Sorted, so that the text is the same whichever log the record came
+    # from (Firestore keeps its own order of map keys).
+    return ", ".join(f"{key}={_show(values[key])}" for key in sorted(values))
 
 
 def _show(value: Any) -> str:
