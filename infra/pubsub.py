@@ -18,8 +18,7 @@ import concurrent.futures
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import structlog
 from google.api_core import exceptions as api_exceptions
@@ -28,6 +27,7 @@ from google.pubsub_v1.types import PullResponse
 
 from engine.errors import EngineError, EventRejected
 from engine.events import Event, event_from_mapping, format_time, parse_event_line
+from infra.closing import Closing
 
 __all__ = [
     "STRUCTURED_CONTENT_TYPE",
@@ -93,7 +93,7 @@ class ReceivedMessage:
     delivery_attempt: int | None
 
 
-class PubSubSource:
+class PubSubSource(Closing):
     """Pull and settle messages of one subscription with synchronous calls.
 
     Args:
@@ -203,17 +203,6 @@ class PubSubSource:
         """Close the gRPC channel."""
         self._client.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def _modify_ack_deadline(self, ack_ids: Sequence[str], seconds: int) -> None:
         for chunk in _chunk_ack_ids(ack_ids):
             request = {
@@ -234,7 +223,7 @@ class PubSubSource:
             raise _source_error(error, action, self.subscription_path) from error
 
 
-class PubSubPublisher:
+class PubSubPublisher(Closing):
     """Publish batches of messages to topics of one project.
 
     The client groups messages into requests of up to 1,000 messages or
@@ -304,17 +293,6 @@ class PubSubPublisher:
     def close(self) -> None:
         """Send what is still batched and stop the background threads."""
         self._client.stop()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def provision(

@@ -8,13 +8,11 @@ removed with UNLINK, which frees their memory in a background thread.
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import Self
-
 import redis
 import structlog
 
 from engine.errors import HandlerError, TransientHandlerError
+from infra.closing import Closing
 
 __all__ = ["RedisCacheBackend"]
 
@@ -29,7 +27,7 @@ def _is_pattern(target: str) -> bool:
     return not _PATTERN_CHARACTERS.isdisjoint(target)
 
 
-class RedisCacheBackend:
+class RedisCacheBackend(Closing):
     """Remove cached entries from one Redis database.
 
     A target that contains `*`, `?` or `[` is a Redis glob pattern; any
@@ -98,17 +96,6 @@ class RedisCacheBackend:
     def close(self) -> None:
         """Close the connections of the pool."""
         self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _unlink_matching(self, pattern: str) -> int:
         # SCAN may return a key twice; UNLINK counts only keys that still
