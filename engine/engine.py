@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from engine.actions import ActionRecord, Explanation, action_id
 from engine.compiler import compile_rules
 from engine.conditions import encode_value
-from engine.errors import EngineError
+from engine.errors import EngineError, EventRejected
 from engine.events import Event, format_time
 from engine.loader import RuleSet
 from engine.matcher import Matcher
@@ -162,6 +162,8 @@ class Engine:
         self._seen_order: deque[str] = deque()
         self._last_sweep = float("-inf")
         self._current_action: str | None = None
+        # Set once, not on reload: the worker replaces it with a bound of its own.
+        self.max_clock_jump = ruleset.settings.max_clock_jump
         self._build(ruleset)
 
     def _build(self, ruleset: RuleSet) -> None:
@@ -193,7 +195,11 @@ class Engine:
     # Event intake
 
     def process(self, event: Event) -> list[ActionRecord]:
-        """Process one accepted event; return the actions it caused."""
+        """Process one accepted event; return the actions it caused.
+
+        Raises:
+            EventRejected: the event is too far ahead of the clock (`time_jump`).
+        """
         # The hot path of the engine: the duplicate check and the routing
         # are written inline, since a call costs as much as their work.
         actions = self.actions
@@ -212,6 +218,17 @@ class Engine:
             if seen[order[0]] < horizon:
                 self._forget_seen(horizon)
         if ts > self.clock:
+            if ts - self.clock > self.max_clock_jump and self.clock > float("-inf"):
+                if self.dedup:
+                    del self._seen_ids[event.id]
+                    self._seen_order.pop()
+                raise EventRejected(
+                    "time_jump",
+                    f"The event time {event.time} is more than "
+                    f"{self.max_clock_jump:g}s ahead of the engine's clock "
+                    f"({format_time(self.clock)}); one such event would make "
+                    "every later one late.",
+                )
             self.advance_to(ts)
 
         route = self._routes.get(event.type)

@@ -46,6 +46,8 @@ REJECT_REASONS = (
     "time_without_zone",
     "invalid_time",
     "invalid_data",
+    "number_out_of_range",
+    "too_deep",
 )
 
 _REQUIRED = ("specversion", "id", "source", "type", "time")
@@ -146,10 +148,41 @@ def _reject_big_float(text: str) -> float:
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class _OutOfRange(ValueError):
+    pass
+
+
+# Integers must fit 64 bits: the action log, Firestore and Pub/Sub encoders
+# all refuse larger ones, and an event the engine cannot write out must not
+# get in.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+MAX_DEPTH = 255  # what orjson can write back out
+
+
+def _checked_int(text: str) -> int:
+    value = int(text)
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise _OutOfRange(text)
+    return value
+
+
+def _too_deep(value: Any, depth: int) -> bool:
+    if depth > MAX_DEPTH:
+        return True
+    if type(value) is dict:
+        return any(_too_deep(item, depth + 1) for item in value.values())
+    if type(value) is list:
+        return any(_too_deep(item, depth + 1) for item in value)
+    return False
+
+
 _DECODER = json.JSONDecoder(
     object_pairs_hook=_pairs_to_dict,
     parse_constant=_reject_constant,
     parse_float=_reject_big_float,
+    parse_int=_checked_int,
 )
 
 
@@ -193,18 +226,21 @@ def parse_event_line(line: bytes | str) -> Event:
         )
 
     # Fast path: orjson refuses NaN and Infinity itself but keeps the last of
-    # two equal keys. Re-encoding gives back exactly the input's length when
-    # the input is compact and has no repeated key; anything else (spaces,
-    # escapes, other number forms, a repeated key) takes the strict decoder,
-    # which names the problem.
+    # two equal keys. A line that is byte for byte the re-encoding of what
+    # orjson read cannot repeat a key, since the encoding never does; any
+    # other line (spaces, escapes, other number forms, a repeated key) takes
+    # the strict decoder, which names the problem.
+    raw = line.encode() if isinstance(line, str) else line
+    if raw[-1:] == b"\n":
+        # A line read from a file may keep its line end.
+        raw = raw[:-2] if raw[-2:] == b"\r\n" else raw[:-1]
     try:
-        mapping = orjson.loads(line)
-        # A line read from a file may keep its line end; orjson ignores it.
-        if line[-1:] == b"\n":
-            size -= 2 if line[-2:] == b"\r\n" else 1
-        if len(orjson.dumps(mapping)) == size:
+        mapping = orjson.loads(raw)
+        if orjson.dumps(mapping) == raw:
             return event_from_mapping(mapping)
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        # Decode errors, and nesting too deep or integers too large to
+        # re-encode: the strict decoder gives the reason.
         pass
 
     try:
@@ -220,10 +256,25 @@ def parse_event_line(line: bytes | str) -> Event:
             f"The number {error.args[0]} is not finite; JSON events carry finite "
             "numbers only.",
         ) from error
+    except _OutOfRange as error:
+        raise EventRejected(
+            "number_out_of_range",
+            f"The integer {error.args[0][:40]} is outside the 64-bit range events "
+            "may carry.",
+        ) from error
+    except RecursionError as error:
+        raise EventRejected(
+            "too_deep", "The event nests objects or lists too deeply."
+        ) from error
     except (UnicodeDecodeError, ValueError) as error:
         raise EventRejected(
             "invalid_json", f"The line is not valid JSON: {error}."
         ) from error
+    if _too_deep(mapping, 0):
+        raise EventRejected(
+            "too_deep",
+            f"The event nests objects or lists deeper than {MAX_DEPTH} levels.",
+        )
 
     # The strict decoder turns an escaped lone surrogate (\ud800) into a
     # string that is not Unicode text, which every encoder downstream (the

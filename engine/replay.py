@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -148,24 +149,38 @@ def replay_stream(
     # counters kept in locals until the end.
     parse, process, actions = parse_event_line, engine.process, engine.actions
     read = accepted = 0
-    with open_stream(events_path) as stream:
-        for line in iter_lines(stream, keep_ends=True):
-            read += 1
-            if bar is not None and read % 4096 == 0:
-                bar.update(4096)
-            try:
-                event = parse(line)
-            except EventRejected as rejection:
-                summary.rejected[rejection.reason] += 1
-                if dead_letter_out is not None:
-                    dead_letter_out.write(_dead_letter(read, rejection, line))
-                continue
-            accepted += 1
-            process(event)
-            if actions:
-                if actions_out is not None:
-                    actions_out.write(b"".join(encode_record(r) for r in actions))
-                actions.clear()
+    try:
+        with open_stream(events_path) as stream:
+            for line in iter_lines(stream, keep_ends=True):
+                read += 1
+                if bar is not None and read % 4096 == 0:
+                    bar.update(4096)
+                try:
+                    event = parse(line)
+                except EventRejected as rejection:
+                    summary.rejected[rejection.reason] += 1
+                    if dead_letter_out is not None:
+                        dead_letter_out.write(_dead_letter(read, rejection, line))
+                    continue
+                try:
+                    process(event)
+                except EventRejected as rejection:
+                    summary.rejected[rejection.reason] += 1
+                    if dead_letter_out is not None:
+                        dead_letter_out.write(_dead_letter(read, rejection, line))
+                    continue
+                accepted += 1
+                if actions:
+                    if actions_out is not None:
+                        actions_out.write(b"".join(encode_record(r) for r in actions))
+                    actions.clear()
+    except (OSError, EOFError, zlib.error) as error:
+        # A truncated or corrupt gzip file, or a read error: what was read
+        # so far stands, and the message says where it stopped.
+        raise ConfigurationError(
+            f"The event file {str(events_path)!r} could not be read after line "
+            f"{read}: {error}."
+        ) from error
     summary.read, summary.accepted = read, accepted
     summary.seconds = time.perf_counter() - started
     if bar is not None:

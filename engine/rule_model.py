@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    StrictInt,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -93,7 +94,9 @@ ConditionField = Annotated[
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity: a threshold of .nan or .inf could never fire, and
+    # durable-rules refuses the ruleset it compiles to.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ActionSpec(_Model):
@@ -285,7 +288,7 @@ class RuleSpec(_Model):
     description: str | None = Field(
         default=None, description="What the rule is for, in words."
     )
-    priority: int = Field(default=0, description="Higher fires first.")
+    priority: StrictInt = Field(default=0, description="Higher fires first.")
     mode: Literal["active", "shadow"] = Field(
         default="active",
         description="'shadow' records the actions without carrying them out.",
@@ -420,6 +423,15 @@ class Settings(_Model):
         default=7 * 86400.0,
         description="How long event ids are remembered to drop redeliveries.",
         json_schema_extra={"default": "7d"},
+    )
+    max_clock_jump: Duration = Field(
+        default=30 * 86400.0,
+        description=(
+            "An event further ahead of the engine's clock than this is "
+            "rejected: one wrong timestamp would otherwise make every later "
+            "event late for its windows."
+        ),
+        json_schema_extra={"default": "30d"},
     )
 
 

@@ -496,7 +496,9 @@ class AggregateRuntime(RuleRuntime):
 
 
 def _round(value: float) -> float | int:
-    if float(value).is_integer():
+    # Whole values print as integers, but only within the range a float
+    # holds exactly: a larger int would not fit the 64-bit encoders.
+    if float(value).is_integer() and abs(value) < 2**53:
         return int(value)
     return round(value, 6)
 

@@ -111,6 +111,9 @@ class WorkerOptions:
     max_attempts: int = 5
     dedup_retention: float | None = 3600.0
     allowed_lateness: float = 0.0
+    # Event times may run this far ahead of the worker's wall clock (skew
+    # between producers' and the worker's clocks); later ones are rejected.
+    max_future: float = 300.0
     lease_seconds: float = 30.0
     retry_backoff: float = 1.0
     pull_timeout: float = 1.0
@@ -251,6 +254,9 @@ class Worker:
             return False
 
         engine = Engine(self.ruleset, registry=self.registry)
+        # Live traffic is bounded by the wall clock instead (`max_future`):
+        # after a long outage the first event is rightly far ahead.
+        engine.max_clock_jump = float("inf")
         self.buffer = ReorderBuffer(self.options.allowed_lateness)
         self.retries.clear()
         self.processed_total = 0
@@ -457,6 +463,18 @@ class Worker:
                 cycle.dead_letters.append((message, rejection))
                 if observe is not None:
                     observe.record_event("rejected", rejection.reason)
+                continue
+            if event.ts > time.time() + self.options.max_future:
+                # Checked before the reorder buffer and the engine, whose
+                # clocks one far-future event would move for good.
+                future = EventRejected(
+                    "time_in_future",
+                    f"The event time {event.time} is more than "
+                    f"{self.options.max_future:g}s ahead of this worker's clock.",
+                )
+                cycle.dead_letters.append((message, future))
+                if observe is not None:
+                    observe.record_event("rejected", future.reason)
                 continue
             cycle.ack.append(message.ack_id)
             outcome = self.buffer.add(event)

@@ -37,6 +37,9 @@ class Marks:
         self._positions: dict[Path, tuple[int, int]] = {}
         self._keys: dict[Path, tuple[int, int]] = {}
 
+    def __len__(self) -> int:
+        return len(self._positions)
+
     def add(self, path: Path, node: yaml.Node) -> None:
         """Record where the value at `path` starts."""
         self._positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
@@ -81,8 +84,23 @@ _Loader.add_implicit_resolver(
 )
 
 
+# Rule files are small; a file that expands past this many values, or nests
+# deeper than this, is an alias bomb or a mistake, not a rule set.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+
+
 def _build(node: yaml.Node, path: Path, marks: Marks, constructor: _Constructor) -> Any:
     marks.add(path, node)
+    if len(marks) > MAX_VALUES or len(path) > MAX_DEPTH:
+        line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        raise YamlSyntaxError(
+            f"The file expands to more than {MAX_VALUES} values or nests deeper "
+            f"than {MAX_DEPTH} levels.",
+            line,
+            column,
+            "write the rules out instead of repeating them through aliases",
+        )
     if isinstance(node, yaml.MappingNode):
         constructor.flatten_mapping(node)
         result: dict[Any, Any] = {}
@@ -115,6 +133,18 @@ def load_with_marks(text: str) -> tuple[Any, Marks]:
     marks = Marks()
     try:
         node = yaml.compose(text, Loader=_Loader)
+    except RecursionError as error:
+        raise YamlSyntaxError(
+            "The file nests too deeply to read.", 1, 1, "flatten the structure"
+        ) from error
+    except yaml.reader.ReaderError as error:
+        raise YamlSyntaxError(
+            f"The file holds a character YAML does not allow: {error.reason} "
+            f"at byte {error.position}.",
+            1,
+            1,
+            "remove control characters such as NUL from the file",
+        ) from error
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         line = mark.line + 1 if mark else 1
@@ -128,6 +158,8 @@ def load_with_marks(text: str) -> tuple[Any, Marks]:
         raise YamlSyntaxError(
             f"The file is not valid YAML: {error.problem}.", line, column, hint
         ) from error
+    except yaml.YAMLError as error:
+        raise YamlSyntaxError(f"The file is not valid YAML: {error}.", 1, 1) from error
     if node is None:
         return None, marks
     constructor = _Constructor()

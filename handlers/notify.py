@@ -91,7 +91,9 @@ class NotifyHandler(Handler):
             "alert raised",
             rule=request.rule,
             action_id=request.id,
-            severity=params.severity,
+            # Not `severity`: that key is the log line's own level for Cloud
+            # Logging, set by the logging setup.
+            alert_severity=params.severity,
             title=params.title,
             recommended_actions=params.recommended_actions,
         )

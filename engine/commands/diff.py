@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="text",
         help="output format (default: text)",
     )
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, default_log_level="warning")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import structlog
 
+from engine.errors import ConfigurationError
 from engine.loader import load_rules
 from engine.replay import open_stream, replay_stream
 
@@ -43,8 +44,11 @@ def run(args: argparse.Namespace) -> int:
     """Replay the stream and print the summary."""
     ruleset = load_rules(args.rules)
     log.info("rules loaded", rules=len(ruleset.rules), version=ruleset.version)
-    # Fail on a wrong events path before the output files are truncated.
+    # Fail on a wrong path before the output files are truncated.
     open_stream(args.events).close()
+    for name in filter(None, (args.actions_out, args.dead_letter_out)):
+        if Path(name).is_dir():
+            raise ConfigurationError(f"The output {name!r} is a directory, not a file.")
     Path(args.actions_out).parent.mkdir(parents=True, exist_ok=True)
     dead_letter = None
     if args.dead_letter_out:

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="rules directory for cases that name none (default: the "
         "directory above the test file's)",
     )
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, default_log_level="warning")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,111 @@
+"""Inputs crafted to break the engine are rejected with a reason instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.errors import EventRejected
+from engine.events import parse_event_line
+from engine.loader import check_rules, load_rules
+from engine.replay import replay_stream
+
+ROOT = Path(__file__).resolve().parents[2]
+ENVELOPE = '"specversion":"1.0","source":"/s","type":"t","time":"2015-03-01T00:00:00Z"'
+
+HOSTILE_EVENTS = [
+    (
+        "a repeated id hidden by a number that re-encodes longer",
+        '{"specversion":"1.0","id":"AAAA","id":"evil","source":"/s","type":"t",'
+        '"time":"2015-03-01T00:00:00Z","data":{"v":1e7,"w":1e5}}',
+        "duplicate_key",
+    ),
+    (
+        "nesting deeper than can be written back out",
+        '{"id":"a",' + ENVELOPE + ',"data":{"x":' + "[" * 300 + "]" * 300 + "}}",
+        "too_deep",
+    ),
+    (
+        "nesting deeper than the parser recurses",
+        '{"id":"a",' + ENVELOPE + ',"data":{"x":' + "[" * 3000 + "]" * 3000 + "}}",
+        "too_deep",
+    ),
+    (
+        "an integer beyond 64 bits",
+        '{"id":"a",' + ENVELOPE + ',"data":{"x":123456789012345678901234567890}}',
+        "number_out_of_range",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [(line, reason) for _, line, reason in HOSTILE_EVENTS],
+    ids=[name for name, _, _ in HOSTILE_EVENTS],
+)
+def test_hostile_events_are_rejected_with_their_reason(line: str, reason: str) -> None:
+    """Each crafted line is refused with the reason that names its problem."""
+    with pytest.raises(EventRejected) as caught:
+        parse_event_line(line.encode())
+
+    assert caught.value.reason == reason
+
+
+def test_a_far_future_event_cannot_make_the_rest_late(tmp_path: Path) -> None:
+    """One event a century ahead is rejected; the stream's actions are unchanged."""
+    contributions = [
+        f'{{"id":"c{n}","specversion":"1.0","source":"/s",'
+        f'"type":"contribution.created","time":"2015-03-01T00:00:{n:02d}Z",'
+        f'"data":{{"contributionId":"c{n}","projectId":"p","contributorUid":"u",'
+        '"amount":5,"currency":"EUR"}}'
+        for n in range(55)
+    ]
+    attack = '{"id":"x",' + ENVELOPE.replace("2015", "2099") + ',"data":{}}'
+    clean, poisoned = tmp_path / "clean.jsonl", tmp_path / "poisoned.jsonl"
+    clean.write_text("\n".join(contributions) + "\n")
+    poisoned.write_text("\n".join([*contributions[:5], attack, *contributions[5:]]))
+    rules = load_rules(ROOT / "rules")
+
+    expected = replay_stream(clean, rules)
+    summary = replay_stream(poisoned, rules)
+
+    assert dict(summary.rejected) == {"time_jump": 1}
+    assert summary.read == summary.accepted + 1
+    assert summary.engine.fires == expected.engine.fires
+    assert summary.engine.fires["scale-payments-on-contribution-burst"] == 1
+
+
+HOSTILE_RULE_FILES = [
+    ("a NUL byte", "rules:\n  - name: a\x00b\n", "character YAML does not allow"),
+    ("nesting thousands deep", "rules: " + "[" * 5000 + "]" * 5000, "too deeply"),
+    (
+        "an alias bomb",
+        "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(
+            f"{name}: &{name} [{', '.join([f'*{previous}'] * 10)}]\n"
+            for previous, name in zip("abcdefg", "bcdefgh", strict=True)
+        )
+        + "rules: []\n",
+        "more than 100000 values",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [(text, message) for _, text, message in HOSTILE_RULE_FILES],
+    ids=[name for name, _, _ in HOSTILE_RULE_FILES],
+)
+def test_hostile_rule_files_are_problems_not_crashes(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    """A hostile rule file is reported as a problem of that file."""
+    (tmp_path / "rules.yaml").write_text(text)
+
+    ruleset, problems = check_rules(tmp_path)
+
+    assert ruleset is None
+    assert len(problems) == 1
+    assert problems[0].file.endswith("rules.yaml")
+    assert message in problems[0].message
