@@ -234,9 +234,8 @@ class AggregateRuntime(RuleRuntime):
             if value is None:
                 windows.last_added = None
             else:
-                windows.last_added = self._window(key).add(
-                    event.ts, value, engine.clock, event.id
-                )
+                window = windows.get(key) or self._window(key)
+                windows.last_added = window.add(event.ts, value, engine.clock, event.id)
         added = windows.last_added
         if not added:
             if added is None:
