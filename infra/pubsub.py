@@ -231,18 +231,22 @@ class PubSubPublisher(Closing):
     so that publishing a large stream does not hold it all in memory.
     """
 
-    def __init__(self, project: str) -> None:
+    def __init__(self, project: str, ordering_key: str = "") -> None:
+        # With an ordering key every message carries it, and an ordered
+        # subscription delivers them in publish order, redeliveries included.
         self._project = project
+        self._ordering_key = ordering_key
         self._client = pubsub_v1.PublisherClient(
             batch_settings=pubsub_v1.types.BatchSettings(
                 max_messages=1000, max_bytes=9 * 1024 * 1024, max_latency=0.01
             ),
             publisher_options=pubsub_v1.types.PublisherOptions(
+                enable_message_ordering=bool(ordering_key),
                 flow_control=pubsub_v1.types.PublishFlowControl(
                     message_limit=50_000,
                     byte_limit=256 * 1024 * 1024,
                     limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK,
-                )
+                ),
             ),
         )
 
@@ -269,7 +273,9 @@ class PubSubPublisher(Closing):
         """
         path = _resource_path(self._project, "topics", topic)
         futures = [
-            self._client.publish(path, data, **attributes)
+            self._client.publish(
+                path, data, ordering_key=self._ordering_key, **attributes
+            )
             for data, attributes in messages
         ]
         _, pending = concurrent.futures.wait(futures, timeout=timeout)
@@ -303,6 +309,7 @@ def provision(
     dead_letter_subscription: str,
     ack_deadline: int = 60,
     max_delivery_attempts: int = 5,
+    ordered: bool = False,
 ) -> dict[str, Any]:
     """Create the topics and subscriptions that the engine needs, if missing.
 
@@ -321,6 +328,7 @@ def provision(
         dead_letter_subscription: the id of a subscription that keeps them.
         ack_deadline: the subscription's ack deadline in seconds.
         max_delivery_attempts: deliveries before Pub/Sub gives up (5 to 100).
+        ordered: deliver the messages of one ordering key in publish order.
 
     Returns:
         The full resource paths, the settings asked for, and `created`: the
@@ -342,6 +350,7 @@ def provision(
         "subscription": {
             "topic": paths["topic"],
             "ack_deadline_seconds": ack_deadline,
+            "enable_message_ordering": ordered,
             "dead_letter_policy": {
                 "dead_letter_topic": paths["dead_letter_topic"],
                 "max_delivery_attempts": max_delivery_attempts,

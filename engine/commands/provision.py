@@ -46,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=5,
         help="deliveries before a message is dead-lettered, 5 to 100 (default: 5)",
     )
+    parser.add_argument(
+        "--ordered",
+        action="store_true",
+        help="deliver messages with one ordering key in publish order; the "
+        "worker then equals replay even after a crash",
+    )
     parser.set_defaults(run=run)
 
 
@@ -63,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         dead_letter_subscription,
         ack_deadline=args.ack_deadline,
         max_delivery_attempts=args.max_delivery_attempts,
+        ordered=args.ordered,
     )
     created = set(result["created"])
     for key in _RESOURCES:

@@ -33,13 +33,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="send ce-* attributes and the data as the body (CloudEvents binary mode)",
     )
+    parser.add_argument(
+        "--ordering-key",
+        default="",
+        help="give every message this ordering key, so that an ordered "
+        "subscription delivers them in the stream's order",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Publish the stream and print how many messages went out, how fast."""
     bucket = TokenBucket(args.rate) if args.rate is not None else None
-    with PubSubPublisher(args.project) as publisher:
+    with PubSubPublisher(args.project, args.ordering_key) as publisher:
         summary = publish_stream(
             args.events, publisher, args.topic, binary=args.binary, bucket=bucket
         )

@@ -306,3 +306,55 @@ def test_rate_of_zero_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert status == 2
     assert capsys.readouterr().err == "error: A rate must be above 0, not 0.\n"
+
+
+@pytest.mark.emulator
+def test_an_ordered_subscription_delivers_a_keyed_stream_in_order(
+    pubsub_emulator_host: str,
+    project_id: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`provision --ordered` and `publish --ordering-key` keep the stream's order."""
+    from google.cloud import pubsub_v1
+
+    from infra.pubsub import PubSubSource
+
+    run(
+        capsys,
+        "provision",
+        "--project",
+        project_id,
+        "--topic",
+        "orders",
+        "--subscription",
+        "orders-engine",
+        "--ordered",
+    )
+    lines = contribution_lines(300)
+    stream = write_stream(tmp_path / "ordered.jsonl", lines)
+    run(
+        capsys,
+        "publish",
+        str(stream),
+        "--project",
+        project_id,
+        "--topic",
+        "orders",
+        "--ordering-key",
+        "all",
+    )
+
+    subscriber = pubsub_v1.SubscriberClient()
+    path = subscriber.subscription_path(project_id, "orders-engine")
+    assert subscriber.get_subscription(subscription=path).enable_message_ordering
+    received: list[str] = []
+    with PubSubSource(project_id, "orders-engine") as source:
+        for _ in range(50):
+            if len(received) == len(lines):
+                break
+            messages = source.pull(max_messages=100, timeout=2.0)
+            received += [source.decode(message).id for message in messages]
+            source.ack([message.ack_id for message in messages])
+    expected = [orjson.loads(line)["id"] for line in lines]
+    assert received == expected
