@@ -113,23 +113,24 @@ def open_stream(path: str | Path) -> IO[bytes]:
     return raw
 
 
-def iter_lines(stream: IO[bytes], keep_ends: bool = False) -> Iterator[bytes]:
-    """Yield the non-blank lines of a stream, without line ends by default.
+def iter_lines(stream: IO[bytes]) -> Iterator[bytes]:
+    """Yield the non-blank lines of a stream, without their line ends."""
+    for _, line in iter_numbered_lines(stream):
+        yield line.rstrip(b"\r\n")
 
-    `keep_ends` spares a copy per line for callers that accept a trailing
-    line end, as the event parser does.
+
+def iter_numbered_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Yield (line number, line) for the non-blank lines, line ends kept.
+
+    Numbers count every line of the file, blank ones included, so that a
+    dead letter points at the line an editor shows. The line end is kept to
+    spare a copy per line: the event parser accepts it.
     """
     # GzipFile and raw files are binary streams; typeshed types them apart.
     reader = io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[type-var]
-    if keep_ends:
-        for line in reader:
-            if len(line) > 2 or line.strip():
-                yield line
-        return
-    for line in reader:
-        stripped = line.rstrip(b"\r\n")
-        if stripped.strip():
-            yield stripped
+    for number, line in enumerate(reader, start=1):
+        if len(line) > 2 or line.strip():
+            yield number, line
 
 
 def replay_stream(
@@ -151,7 +152,7 @@ def replay_stream(
     read = accepted = 0
     try:
         with open_stream(events_path) as stream:
-            for line in iter_lines(stream, keep_ends=True):
+            for number, line in iter_numbered_lines(stream):
                 read += 1
                 if bar is not None and read % 4096 == 0:
                     bar.update(4096)
@@ -160,14 +161,14 @@ def replay_stream(
                 except EventRejected as rejection:
                     summary.rejected[rejection.reason] += 1
                     if dead_letter_out is not None:
-                        dead_letter_out.write(_dead_letter(read, rejection, line))
+                        dead_letter_out.write(_dead_letter(number, rejection, line))
                     continue
                 try:
                     process(event)
                 except EventRejected as rejection:
                     summary.rejected[rejection.reason] += 1
                     if dead_letter_out is not None:
-                        dead_letter_out.write(_dead_letter(read, rejection, line))
+                        dead_letter_out.write(_dead_letter(number, rejection, line))
                     continue
                 accepted += 1
                 if actions:
