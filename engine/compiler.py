@@ -72,31 +72,20 @@ def _threshold_rules(loaded: LoadedRule) -> dict[str, Any]:
     spec = loaded.spec
     threshold = spec.threshold
     assert threshold is not None
+    # Without its own clear bound, a threshold re-arms once it no longer holds.
     if threshold.above is not None:
-        clear = (
-            threshold.clear_below
-            if threshold.clear_below is not None
-            else threshold.above
-        )
         fire = {"$gt": {"v": threshold.above}}
-        clear_test = (
-            {"$lt": {"v": clear}}
-            if threshold.clear_below is not None
-            else {"$lte": {"v": clear}}
-        )
+        if threshold.clear_below is not None:
+            clear_test = {"$lt": {"v": threshold.clear_below}}
+        else:
+            clear_test = {"$lte": {"v": threshold.above}}
     else:
         assert threshold.below is not None
-        clear = (
-            threshold.clear_above
-            if threshold.clear_above is not None
-            else threshold.below
-        )
         fire = {"$lt": {"v": threshold.below}}
-        clear_test = (
-            {"$gt": {"v": clear}}
-            if threshold.clear_above is not None
-            else {"$gte": {"v": clear}}
-        )
+        if threshold.clear_above is not None:
+            clear_test = {"$gt": {"v": threshold.clear_above}}
+        else:
+            clear_test = {"$gte": {"v": threshold.below}}
     return {
         f"{spec.name}#fire": _value_rule(spec.name, [fire]),
         f"{spec.name}#clear": _value_rule(spec.name, [clear_test]),

@@ -39,18 +39,13 @@ from engine.rule_runtime import (
 from engine.templates import TemplateError, find_placeholders, render
 from handlers.registry import HandlerRegistry
 
-__all__ = ["Engine", "EngineStats", "EventView"]
+__all__ = ["Engine", "EngineStats"]
 
 log = structlog.get_logger(__name__)
 
 # How often, in event time, idle keys, expired cooldowns and coalescing
 # entries are swept away; sweeping is linear in the number of keys.
 _SWEEP_INTERVAL = 300.0
-
-
-# Rules read events through the methods of `Event` itself (`read`,
-# `mapping`, `summary`); the alias keeps the runtimes' signatures readable.
-EventView = Event
 
 
 @dataclass
@@ -429,7 +424,7 @@ class Engine:
                 }
             self._execute(record, runtime)
 
-    def fire_event(self, runtime: RuleRuntime, view: EventView) -> None:
+    def fire_event(self, runtime: RuleRuntime, view: Event) -> None:
         """Fire an event rule; a burst of held static actions costs little.
 
         When every action of the rule is static and inside its coalescing
@@ -467,7 +462,7 @@ class Engine:
     def _materialize(self, pending: tuple[Any, ...]) -> tuple[Any, ...]:
         """Turn a held entry that kept its event into plain data."""
         rule, position, action, params, trigger, why = pending
-        if isinstance(trigger, EventView):
+        if isinstance(trigger, Event):
             runtime = self.runtimes.get(rule)
             description = runtime.description if runtime is not None else ""
             why = Explanation(description, None, [trigger.id], self.ruleset.version)

@@ -67,12 +67,7 @@ class Event:
     subject: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def event(self) -> Event:
-        """Return the event itself (the rule runtimes' view of it)."""
-        return self
-
-    def rule_view(self) -> dict[str, Any]:
+    def mapping(self) -> dict[str, Any]:
         """Return the attributes and data that rule paths and templates read."""
         # Built on each call: rules read `data.` paths without it, so only
         # templates and paths outside data need it.
@@ -85,9 +80,6 @@ class Event:
             "data": self.data,
         }
 
-    # The engine's name for the same view.
-    mapping = rule_view
-
     def read(self, path: str) -> Any:
         """Return the value at a dotted path such as `data.amount`, or None."""
         if path.startswith("data."):
@@ -95,7 +87,7 @@ class Event:
             if "." not in rest:
                 return self.data.get(rest)
             return read_path(self.data, rest)
-        return read_path(self.rule_view(), path)
+        return read_path(self.mapping(), path)
 
     def summary(self) -> dict[str, str]:
         """Return the trigger reference that action records carry."""

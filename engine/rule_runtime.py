@@ -19,7 +19,8 @@ from engine.rule_model import RuleSpec
 from engine.windows import SlidingWindow
 
 if TYPE_CHECKING:
-    from engine.engine import Engine, EventView
+    from engine.engine import Engine
+    from engine.events import Event
 
 __all__ = [
     "AggregateRuntime",
@@ -57,7 +58,7 @@ class RuleRuntime:
         last = self.last_fire.get(key)
         return last is not None and now < last + self.cooldown
 
-    def on_event(self, engine: Engine, event: EventView, role: str) -> None:
+    def on_event(self, engine: Engine, event: Event, role: str) -> None:
         """Take one event whose condition (for `role`) matched."""
         raise NotImplementedError
 
@@ -107,7 +108,7 @@ def _describe_when(raw: Any) -> str:
 class EventRuntime(RuleRuntime):
     """A rule that fires on every matching event (subject to its cooldown)."""
 
-    def on_event(self, engine: Engine, event: EventView, role: str) -> None:
+    def on_event(self, engine: Engine, event: Event, role: str) -> None:
         """Fire for the event unless the rule is cooling down."""
         if self.cooldown is not None:
             now = event.ts
@@ -136,7 +137,7 @@ class WindowGroup(dict[Any, SlidingWindow]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.last_view: EventView | None = None
+        self.last_view: Event | None = None
         self.last_added: bool | None = None
 
 
@@ -194,7 +195,7 @@ class AggregateRuntime(RuleRuntime):
             self.states[key] = state
         return state
 
-    def _event_value(self, event: EventView, role: str) -> Any:
+    def _event_value(self, event: Event, role: str) -> Any:
         fn = self.aggregate.fn
         if fn == "count":
             return 1
@@ -219,7 +220,7 @@ class AggregateRuntime(RuleRuntime):
             found = True
         return total if found else None
 
-    def on_event(self, engine: Engine, event: EventView, role: str) -> None:
+    def on_event(self, engine: Engine, event: Event, role: str) -> None:
         """Count the event into its key's window and re-evaluate that key."""
         by = self.aggregate.by
         key = event.read(by) if by else None
@@ -515,7 +516,7 @@ class CorrelationRuntime(RuleRuntime):
         self.evicted = 0
         self.expired = 0
 
-    def on_event(self, engine: Engine, event: EventView, role: str) -> None:
+    def on_event(self, engine: Engine, event: Event, role: str) -> None:
         """Remember a `first` event, or fire when its `then` arrives in time."""
         self.expire(event.ts)
         key = event.read(self.correlate.key)

@@ -39,7 +39,8 @@ DOCUMENTS: list[tuple[str, dict[str, Any]]] = [
 @pytest.fixture(scope="module")
 def client() -> firestore.Client:
     """Return a client that builds requests; it never connects here."""
-    credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]  # untyped upstream
+    # The credentials class is untyped upstream.
+    credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
     return firestore.Client(project="layout", credentials=credentials)
 
 
