@@ -137,6 +137,7 @@ class Engine:
         registry: HandlerRegistry | None = None,
         on_action: Callable[[ActionRecord], None] | None = None,
         dedup: bool = True,
+        max_clock_jump: float | None = None,
     ) -> None:
         self.ruleset = ruleset
         self.registry = registry or HandlerRegistry()
@@ -157,8 +158,13 @@ class Engine:
         self._seen_order: deque[str] = deque()
         self._last_sweep = float("-inf")
         self._current_action: str | None = None
-        # Set once, not on reload: the worker replaces it with a bound of its own.
-        self.max_clock_jump = ruleset.settings.max_clock_jump
+        # Kept across reloads. None takes the rules' setting; the worker
+        # passes infinity, as it bounds live traffic by its wall clock.
+        self.max_clock_jump = (
+            ruleset.settings.max_clock_jump
+            if max_clock_jump is None
+            else max_clock_jump
+        )
         self._build(ruleset)
 
     def _build(self, ruleset: RuleSet) -> None:

@@ -253,10 +253,11 @@ class Worker:
             log.warning("state store unavailable", error=str(error))
             return False
 
-        engine = Engine(self.ruleset, registry=self.registry)
         # Live traffic is bounded by the wall clock instead (`max_future`):
         # after a long outage the first event is rightly far ahead.
-        engine.max_clock_jump = float("inf")
+        engine = Engine(
+            self.ruleset, registry=self.registry, max_clock_jump=float("inf")
+        )
         self.buffer = ReorderBuffer(self.options.allowed_lateness)
         self.retries.clear()
         self.processed_total = 0
