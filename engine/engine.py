@@ -9,6 +9,7 @@ same order therefore give the same actions, whatever the wall clock says.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 import orjson
 import structlog
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from engine.actions import ActionRecord, Explanation, action_id
 from engine.compiler import compile_rules
@@ -170,7 +171,12 @@ class Engine:
     def _build(self, ruleset: RuleSet) -> None:
         compiled = compile_rules(ruleset)
         self._dedup_retention = ruleset.settings.dedup_retention
+        self._dedup_slack = self._dedup_retention / 100
         self._action_plan_cache: dict[str, list[_ActionPlan]] = {}
+        # Static params, checked once: id of the rule's own params mapping ->
+        # (that mapping, its validated model). The mapping is kept, so the id
+        # cannot be reused while the entry lives.
+        self._static_params: dict[int, tuple[dict[str, Any], BaseModel]] = {}
         self.matcher = Matcher(compiled.definition)
         self.runtimes: dict[str, RuleRuntime] = {
             loaded.spec.name: build_runtime(loaded, ruleset.version)
@@ -216,7 +222,9 @@ class Engine:
             order = self._seen_order
             order.append(event_id)
             horizon = (ts if ts > self.clock else self.clock) - self._dedup_retention
-            if seen[order[0]] < horizon:
+            # Forgotten in steps of a hundredth of the retention, not one id
+            # per event: an id may be kept that much longer, never shorter.
+            if seen[order[0]] < horizon - self._dedup_slack:
                 self._forget_seen(horizon)
         if ts > self.clock:
             if ts - self.clock > self.max_clock_jump and self.clock > float("-inf"):
@@ -230,7 +238,14 @@ class Engine:
                     f"({format_time(self.clock)}); one such event would make "
                     "every later one late.",
                 )
-            self.advance_to(ts)
+            timers = self._timers
+            if (timers and timers[0][0] <= ts) or (
+                ts - self._last_sweep >= _SWEEP_INTERVAL
+            ):
+                self.advance_to(ts)
+            else:
+                # Nothing due and no sweep: moving the clock is all there is.
+                self.clock = ts
 
         route = self._routes.get(event.type)
         if route is not None:
@@ -353,6 +368,7 @@ class Engine:
                 static = not find_placeholders(spec.params)
                 key = ("", "")
                 if static:
+                    self._check_static(spec.action, spec.params)
                     encoded = orjson.dumps(spec.params, option=orjson.OPT_SORT_KEYS)
                     key = (spec.action, encoded.decode())
                 plans.append(
@@ -362,6 +378,13 @@ class Engine:
                 )
             self._action_plan_cache[runtime.name] = plans
         return plans
+
+    def _check_static(self, action: str, params: dict[str, Any]) -> None:
+        """Validate static params once; `_execute` then reuses the model."""
+        model = self.registry.handler_class(action).Params
+        # Invalid ones are checked again, and reported, when the action runs.
+        with contextlib.suppress(ValidationError):
+            self._static_params[id(params)] = (params, model.model_validate(params))
 
     def fire(
         self,
@@ -545,7 +568,11 @@ class Engine:
         self._current_action = record.id
         started = time.perf_counter()
         try:
-            params = handler.Params.model_validate(record.params)
+            checked = self._static_params.get(id(record.params))
+            if checked is not None and checked[0] is record.params:
+                params = checked[1]
+            else:
+                params = handler.Params.model_validate(record.params)
             record.result = handler.execute(request, params, self.context)
             record.outcome = "ok"
         except ValidationError as error:

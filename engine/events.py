@@ -210,7 +210,8 @@ def parse_event_line(line: bytes | str) -> Event:
     Raises:
         EventRejected: the line is not an acceptable event; `reason` says why.
     """
-    size = len(line.encode() if isinstance(line, str) else line)
+    raw = line.encode() if type(line) is str else line
+    size = len(raw)
     if size > MAX_EVENT_BYTES:
         raise EventRejected(
             "too_large",
@@ -221,14 +222,15 @@ def parse_event_line(line: bytes | str) -> Event:
     # two equal keys. A line that is byte for byte the re-encoding of what
     # orjson read cannot repeat a key, since the encoding never does; any
     # other line (spaces, escapes, other number forms, a repeated key) takes
-    # the strict decoder, which names the problem.
-    raw = line.encode() if isinstance(line, str) else line
-    if raw[-1:] == b"\n":
-        # A line read from a file may keep its line end.
-        raw = raw[:-2] if raw[-2:] == b"\r\n" else raw[:-1]
+    # the strict decoder, which names the problem. A line read from a file
+    # keeps its "\n", which the re-encoding then appends too (no copy).
     try:
         mapping = orjson.loads(raw)
-        if orjson.dumps(mapping) == raw:
+        if raw[-1:] == b"\n":
+            encoded = orjson.dumps(mapping, option=orjson.OPT_APPEND_NEWLINE)
+        else:
+            encoded = orjson.dumps(mapping)
+        if encoded == raw:
             return event_from_mapping(mapping)
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         # Decode errors, and nesting too deep or integers too large to

@@ -171,6 +171,9 @@ class AggregateRuntime(RuleRuntime):
         self.threshold = self.spec.threshold
         self.classify = self.spec.classify
         self.fact_name = self.name
+        # Read on every event: kept as plain attributes.
+        self.by = aggregate.by
+        self.counts = aggregate.fn == "count"
 
     def _window(self, key: Any) -> SlidingWindow:
         window = self.windows.get(key)
@@ -222,7 +225,7 @@ class AggregateRuntime(RuleRuntime):
 
     def on_event(self, engine: Engine, event: Event, role: str) -> None:
         """Count the event into its key's window and re-evaluate that key."""
-        by = self.aggregate.by
+        by = self.by
         key = event.read(by) if by else None
         if key is not None and isinstance(key, dict | list):
             key = None
@@ -230,7 +233,7 @@ class AggregateRuntime(RuleRuntime):
         # Rules with the same aggregate share one window group; the first
         # of them to see an event counts it for all.
         if windows.last_view is not event:
-            value = self._event_value(event, role)
+            value = 1 if self.counts else self._event_value(event, role)
             windows.last_view = event
             if value is None:
                 windows.last_added = None
