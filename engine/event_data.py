@@ -14,7 +14,6 @@ from pydantic import (
     AfterValidator,
     Field,
     StrictFloat,
-    StrictInt,
     StrictStr,
     TypeAdapter,
 )
@@ -38,9 +37,13 @@ ISO_4217_CODES = frozenset(
     """.split()  # noqa: SIM905 - a block of codes reads better than a list
 )
 
-Number = StrictInt | StrictFloat
 Identifier = Annotated[StrictStr, Field(min_length=1)]
-NonNegative = Annotated[Number, Field(ge=0)]
+# StrictFloat takes ints too (and refuses booleans and strings). The engine
+# keeps the event's own mapping, so an int stays an int. A bound on a union
+# of int and float would run a Python validator per value; on one type,
+# pydantic-core checks it itself.
+NonNegative = Annotated[StrictFloat, Field(ge=0)]
+Positive = Annotated[StrictFloat, Field(gt=0)]
 
 
 # A Literal is checked inside pydantic-core, a set lookup in Rust; a Python
@@ -60,7 +63,7 @@ class ContributionCreated(TypedDict):
     contributionId: Identifier
     projectId: Identifier
     contributorUid: Identifier
-    amount: Annotated[Number, Field(gt=0)]
+    amount: Positive
     currency: Currency
 
 
@@ -76,8 +79,8 @@ class ProjectRef(TypedDict):
 
 class ProjectFunded(TypedDict):
     projectId: Identifier
-    fundedAmount: Annotated[Number, Field(ge=0)]
-    goal: Annotated[Number, Field(gt=0)]
+    fundedAmount: NonNegative
+    goal: Positive
 
 
 class UserRef(TypedDict):

@@ -184,8 +184,6 @@ class AggregateRuntime(RuleRuntime):
                 self.aggregate.window,
                 self.aggregate.resolution,
             )
-            if fn == "balance":
-                window.fn = "balance" if self.aggregate.window is None else "sum"
             self.windows[key] = window
         return window
 

@@ -16,6 +16,11 @@ from typing import Any
 __all__ = ["SlidingWindow", "default_resolution"]
 
 
+_ceil = math.ceil
+# How much earlier than computed a window checks for expiry (seconds).
+_MARGIN = 1e-3
+
+
 def _time_of(entry: tuple[float, Any]) -> float:
     return entry[0]
 
@@ -33,7 +38,7 @@ class SlidingWindow:
         "_count",
         "_distinct",
         "_distinct_order",
-        "_expired_at",
+        "_next_expiry",
         "_sum",
         "fn",
         "latest",
@@ -46,11 +51,14 @@ class SlidingWindow:
     def __init__(self, fn: str, width: float | None, resolution: float | None) -> None:
         self.fn = fn
         self.width = width
-        # The clock of the last expiry: rules sharing a window evaluate it at
-        # the same time, and only the first needs to expire it.
-        self._expired_at = -math.inf
+        # The earliest `now` at which expiry may drop something: until then
+        # a value needs no expiry at all (most events, since buckets leave
+        # once per resolution). Kept a millisecond early: float rounding may
+        # only cost a needless check, never a missed one.
+        self._next_expiry = math.inf
         self.resolution = resolution or (default_resolution(width) if width else 1.0)
-        # Buckets: [index, count, sum, min, max], oldest first.
+        # Buckets: [index, count, sum, min, max], oldest first. A count
+        # window keeps only the counts up to date.
         self._buckets: deque[list[Any]] = deque()
         self._count = 0
         self._sum = 0.0
@@ -64,47 +72,67 @@ class SlidingWindow:
     def add(self, ts: float, value: Any, now: float, event_id: str) -> bool:
         """Count one event; return False if it is too late for the window."""
         width = self.width
-        if width is not None and ts <= now - width:
+        if width is None:
+            return self._add_unbounded(ts, value, event_id)
+        if ts <= now - width:
             return False
         self.recent.append((ts, event_id))
         fn = self.fn
-        if fn == "latest":
-            if ts >= self.latest_ts:
-                self.latest, self.latest_ts = value, ts
-            return True
-        if fn == "distinct":
-            self._distinct[value] = max(ts, self._distinct.get(value, -math.inf))
-            # Kept in time order, a late event included, so that expiry
-            # (which looks only at the oldest entry) drops it on time.
-            bisect.insort(self._distinct_order, (ts, value), key=_time_of)
-            return True
-        if width is None:
-            # An unbounded running total (balance without a window).
-            self._count += 1
-            self._sum += value
-            return True
+        if fn == "latest" or fn == "distinct":
+            return self._add_point(ts, value)
 
         # Buckets are closed on the right, (i*R, (i+1)*R], like the window
         # (now - W, now]: an event on a bucket edge leaves the window exactly
         # when `add` would call it too late.
-        index = math.ceil(ts / self.resolution) - 1
+        index = _ceil(ts / self.resolution) - 1
         buckets = self._buckets
         if buckets and buckets[-1][0] == index:
             bucket = buckets[-1]
         elif not buckets or buckets[-1][0] < index:
             bucket = [index, 0, 0.0, value, value]
             buckets.append(bucket)
+            if len(buckets) == 1:
+                self._next_expiry = self._bucket_expiry(index)
         else:
             bucket = self._find_bucket(index, value)
         bucket[1] += 1
-        bucket[2] += value
-        if value < bucket[3]:
-            bucket[3] = value
-        if value > bucket[4]:
-            bucket[4] = value
+        self._count += 1
+        if fn != "count":
+            bucket[2] += value
+            if value < bucket[3]:
+                bucket[3] = value
+            if value > bucket[4]:
+                bucket[4] = value
+            self._sum += value
+        return True
+
+    def _add_unbounded(self, ts: float, value: Any, event_id: str) -> bool:
+        # A running total (balance without a window) or a value kept forever.
+        self.recent.append((ts, event_id))
+        if self.fn == "latest" or self.fn == "distinct":
+            return self._add_point(ts, value)
         self._count += 1
         self._sum += value
         return True
+
+    def _add_point(self, ts: float, value: Any) -> bool:
+        width = math.inf if self.width is None else self.width
+        if self.fn == "latest":
+            if ts >= self.latest_ts:
+                self.latest, self.latest_ts = value, ts
+                self._next_expiry = ts + width - _MARGIN
+            return True
+        self._distinct[value] = max(ts, self._distinct.get(value, -math.inf))
+        # Kept in time order, a late event included, so that expiry (which
+        # looks only at the oldest entry) drops it on time.
+        bisect.insort(self._distinct_order, (ts, value), key=_time_of)
+        self._next_expiry = self._distinct_order[0][0] + width - _MARGIN
+        return True
+
+    def _bucket_expiry(self, index: int) -> float:
+        """When the bucket with this index may leave the window."""
+        assert self.width is not None
+        return (index + 1) * self.resolution + self.width - _MARGIN
 
     def _find_bucket(self, index: int, value: Any) -> list[Any]:
         # A late event inside the window: rare, so a linear search is fine.
@@ -114,6 +142,8 @@ class SlidingWindow:
             if bucket[0] > index:
                 created = [index, 0, 0.0, value, value]
                 self._buckets.insert(position, created)
+                if position == 0:
+                    self._next_expiry = self._bucket_expiry(index)
                 return created
         created = [index, 0, 0.0, value, value]
         self._buckets.append(created)
@@ -122,39 +152,43 @@ class SlidingWindow:
     def expire(self, now: float) -> None:
         """Drop what has left the window at time `now`."""
         width = self.width
-        if width is None or now == self._expired_at:
+        if width is None:
             return
-        self._expired_at = now
         horizon = now - width
-        if self.fn == "latest":
+        fn = self.fn
+        if fn == "latest":
             if self.latest_ts <= horizon:
                 self.latest, self.latest_ts = None, -math.inf
+                self._next_expiry = math.inf
             return
-        if self.fn == "distinct":
+        if fn == "distinct":
             order, seen = self._distinct_order, self._distinct
             while order and order[0][0] <= horizon:
                 ts, value = order.popleft()
                 if seen.get(value) == ts:
                     del seen[value]
+            self._next_expiry = order[0][0] + width - _MARGIN if order else math.inf
             return
         # A bucket leaves once its whole span is at or before the horizon.
         limit = math.floor(horizon / self.resolution)
         buckets = self._buckets
-        if not buckets or buckets[0][0] >= limit:
-            return
-        while buckets and buckets[0][0] < limit:
-            _, count, _, _, _ = buckets.popleft()
-            self._count -= count
-        # Summed afresh rather than subtracted: subtracting floats leaves
-        # rounding residue that builds up over a long stream (0.6 - 0.1
-        # would give 0.5000000000000001). Not with math.fsum, which raises
-        # where a sum overflows to infinity.
-        if self.fn != "count":
-            self._sum = sum(bucket[2] for bucket in buckets)
+        if buckets and buckets[0][0] < limit:
+            while buckets and buckets[0][0] < limit:
+                _, count, _, _, _ = buckets.popleft()
+                self._count -= count
+            # Summed afresh rather than subtracted: subtracting floats leaves
+            # rounding residue that builds up over a long stream (0.6 - 0.1
+            # would give 0.5000000000000001). Not with math.fsum, which
+            # raises where a sum overflows to infinity.
+            if fn != "count":
+                self._sum = sum(bucket[2] for bucket in buckets)
+        self._next_expiry = (
+            self._bucket_expiry(buckets[0][0]) if buckets else math.inf
+        )
 
     def value(self, now: float) -> float | None:
         """Return the aggregate at time `now`, or None when there is no data."""
-        if now != self._expired_at:
+        if now >= self._next_expiry:
             self.expire(now)
         fn = self.fn
         if fn == "count":
@@ -168,8 +202,6 @@ class SlidingWindow:
         if fn == "distinct":
             return float(len(self._distinct))
         if fn == "latest":
-            if self.width is not None and self.latest_ts <= now - self.width:
-                return None
             return self.latest
         if not self._buckets:
             return None
@@ -204,7 +236,8 @@ class SlidingWindow:
 
     def restore(self, data: dict[str, Any]) -> None:
         """Load content saved by `snapshot`."""
-        self._expired_at = -math.inf
+        # The next value runs a full expiry, which sets the real bound.
+        self._next_expiry = -math.inf
         self._buckets = deque(list(b) for b in data["b"])
         self._count = data["c"]
         self._sum = data["s"]
