@@ -119,7 +119,7 @@ class EventRuntime(RuleRuntime):
         engine.fire_event(self, event)
 
 
-@dataclass
+@dataclass(slots=True)
 class _KeyState:
     """Threshold or band state of one key of an aggregate rule."""
 
@@ -255,7 +255,9 @@ class AggregateRuntime(RuleRuntime):
         if state is None or state.timer_due != due:
             return
         state.timer_due = None
-        self.evaluate(engine, key, due)
+        window = self.windows.get(key)
+        if window is not None:
+            self.evaluate(engine, key, due, window, state)
 
     def _schedule(self, engine: Engine, key: Any, state: _KeyState, due: float) -> None:
         if state.timer_due is not None and state.timer_due <= due:
@@ -268,14 +270,10 @@ class AggregateRuntime(RuleRuntime):
         engine: Engine,
         key: Any,
         now: float,
-        window: SlidingWindow | None = None,
-        state: _KeyState | None = None,
+        window: SlidingWindow,
+        state: _KeyState,
     ) -> None:
         """Decide, from the aggregate at `now`, whether the rule fires."""
-        if window is None:
-            window = self.windows.get(key)
-            if window is None:
-                return
         value = window.value(now)
         if value is None:
             return
@@ -285,8 +283,6 @@ class AggregateRuntime(RuleRuntime):
             if len(self._verdicts) >= 4096:
                 self._verdicts.clear()
             self._verdicts[value] = verdict
-        if state is None:
-            state = self.states.get(key) or self._state(key)
         if self.threshold is None:
             self._evaluate_bands(engine, key, state, now, value, verdict)
         elif verdict[0] or state.fired or state.pending_since is not None:
