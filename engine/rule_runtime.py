@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from engine.actions import Explanation
@@ -130,6 +130,9 @@ class _KeyState:
     last_fire: float = -math.inf
     trigger: tuple[str, str] | list[str] | None = None
     timer_due: float | None = None
+
+
+_KEY_STATE_FIELDS = tuple(f.name for f in fields(_KeyState))
 
 
 class WindowGroup(dict[Any, SlidingWindow]):
@@ -467,7 +470,10 @@ class AggregateRuntime(RuleRuntime):
         """Return windows and per-key state as JSON-compatible data."""
         data = super().snapshot()
         data["windows"] = [[k, w.snapshot()] for k, w in self.windows.items()]
-        data["states"] = [[k, vars(s).copy()] for k, s in self.states.items()]
+        data["states"] = [
+            [k, {name: getattr(s, name) for name in _KEY_STATE_FIELDS}]
+            for k, s in self.states.items()
+        ]
         for _, state in data["states"]:
             if state["last_fire"] == -math.inf:
                 state["last_fire"] = None
