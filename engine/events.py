@@ -181,21 +181,79 @@ _DECODER = json.JSONDecoder(
 def parse_time(text: str) -> datetime:
     """Parse an RFC 3339 timestamp that carries a zone.
 
+    RFC 3339 is stricter than ISO 8601 as `datetime.fromisoformat` reads it:
+    a full date and time with seconds, an optional fraction after a dot,
+    and `Z` or an offset `+HH:MM`; `T` and `Z` may be lower case, and the
+    separator may be a space. Leap seconds (`:60`) are refused by name,
+    since no timestamp of the engine can hold them.
+
     Raises:
-        EventRejected: the text is not a timestamp, or it has no zone.
+        EventRejected: the text is not such a timestamp, or it has no zone.
     """
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError as error:
+    except ValueError:
+        moment = _parse_unusual_time(text)
+    # fromisoformat checked the digits and ranges; what remains is the shape
+    # RFC 3339 asks for. Cheap index tests, as this runs for every event.
+    size = len(text)
+    if not (
+        size >= 19
+        and text[4] == "-"
+        and text[7] == "-"
+        and text[10] in _SEPARATORS
+        and text[13] == ":"
+        and text[16] == ":"
+        and (size == 19 or text[19] in _AFTER_SECONDS)
+        and (size == 19 or text[19] != "." or text[20:21] in _DIGITS)
+    ):
         raise EventRejected(
-            "invalid_time", f"The time {text!r} is not an RFC 3339 timestamp."
-        ) from error
+            "invalid_time",
+            f"The time {text!r} is not an RFC 3339 timestamp; write it as "
+            "2024-06-01T12:00:00Z (a fraction such as .250 and an offset "
+            "such as +02:00 are allowed).",
+        )
     if moment.tzinfo is None:
         raise EventRejected(
             "time_without_zone",
             f"The time {text!r} has no zone; add 'Z' or an offset such as +00:00.",
         )
+    if not (text[-1] in "Zz" or (text[-6] in "+-" and text[-3] == ":")):
+        raise EventRejected(
+            "invalid_time",
+            f"The time {text!r} is not an RFC 3339 timestamp; its offset must "
+            "be Z or +HH:MM.",
+        )
     return moment
+
+
+_SEPARATORS = frozenset("Tt ")
+_AFTER_SECONDS = frozenset(".Zz+-")
+_DIGITS = frozenset("0123456789")
+
+
+def _parse_unusual_time(text: str) -> datetime:
+    """Parse what fromisoformat refuses but RFC 3339 allows, or reject it."""
+    if text[10:11] in ("t", "T", " ") and text[-1:] in ("z", "Z"):
+        # Lower-case `t` and `z`.
+        try:
+            return datetime.fromisoformat(text[:10] + "T" + text[11:-1] + "+00:00")
+        except ValueError:
+            pass
+    elif text[10:11] == "t":
+        try:
+            return datetime.fromisoformat(text[:10] + "T" + text[11:])
+        except ValueError:
+            pass
+    if text[16:19] == ":60":
+        raise EventRejected(
+            "invalid_time",
+            f"The time {text!r} is a leap second, which the engine cannot "
+            "represent; use :59.999 instead.",
+        )
+    raise EventRejected(
+        "invalid_time", f"The time {text!r} is not an RFC 3339 timestamp."
+    )
 
 
 def format_time(ts: float) -> str:
