@@ -77,6 +77,8 @@ class _FileResult:
     problems: list[RuleProblem]
     # The valid rules with their index in the file's `rules` list.
     rules: list[tuple[int, RuleSpec]] = field(default_factory=list)
+    # The bytes read, once: the rules' version is their digest.
+    content: bytes = b""
 
 
 def _rule_name_at(raw: Any, index: Any) -> str | None:
@@ -156,10 +158,17 @@ def _message_for(error: dict[str, Any]) -> str:
 def _parse_file(path: Path) -> _FileResult:
     name = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        content = path.read_bytes()
+        text = content.decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         problem = RuleProblem(name, 1, 1, None, f"The file cannot be read: {error}.")
         return _FileResult(name, None, Marks(), [problem])
+    result = _parse_text(name, text)
+    result.content = content
+    return result
+
+
+def _parse_text(name: str, text: str) -> _FileResult:
     try:
         raw, marks = load_with_marks(text)
     except YamlSyntaxError as error:
@@ -344,8 +353,16 @@ def check_rules(
     registry = registry or HandlerRegistry()
     root = Path(path)
     if root.is_dir():
+        # Hidden files are editors' and tools' own (an editor's lock file
+        # is often a dangling `.#name.yaml` link). Anything else with a rule
+        # suffix is read, so that a broken link or an unreadable file is a
+        # problem reported, not a file silently left out.
         files = sorted(
-            p for p in root.iterdir() if p.suffix in RULE_SUFFIXES and p.is_file()
+            p
+            for p in root.iterdir()
+            if p.suffix in RULE_SUFFIXES
+            and not p.name.startswith(".")
+            and not p.is_dir()
         )
     elif root.is_file():
         files = [root]
@@ -380,7 +397,7 @@ def check_rules(
 
     for file in files:
         result = _parse_file(file)
-        digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+        digest.update(file.name.encode() + b"\0" + result.content + b"\0")
         problems += result.problems
 
         # File-level sections

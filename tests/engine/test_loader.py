@@ -132,6 +132,56 @@ def test_a_directory_without_rule_files_is_one_problem(tmp_path: Path) -> None:
     assert [p.message for p in problems] == ["The directory holds no .yaml rule files."]
 
 
+def test_a_dangling_link_is_a_problem_not_a_missing_file(tmp_path: Path) -> None:
+    """A rule file whose link points nowhere is reported, not skipped."""
+    (tmp_path / "a.yaml").write_text(GOOD_RULE.format(name="first"))
+    (tmp_path / "b.yaml").symlink_to(tmp_path / "gone.yaml")
+
+    ruleset, problems = check_rules(tmp_path)
+
+    assert ruleset is None
+    assert [(Path(p.file).name, p.line) for p in problems] == [("b.yaml", 1)]
+    assert problems[0].message.startswith("The file cannot be read: [Errno 2]")
+
+
+def test_a_rule_file_that_is_not_utf8_is_a_problem(tmp_path: Path) -> None:
+    """A file saved in another encoding is reported with the file's name."""
+    (tmp_path / "a.yaml").write_bytes(b"rules:\n  - name: caf\xe9\n")
+
+    ruleset, problems = check_rules(tmp_path)
+
+    assert ruleset is None
+    assert [Path(p.file).name for p in problems] == ["a.yaml"]
+    assert problems[0].message.startswith(
+        "The file cannot be read: 'utf-8' codec can't decode byte 0xe9"
+    )
+
+
+def test_hidden_files_and_links_are_not_rules(tmp_path: Path) -> None:
+    """Editors' lock files and backups (dot files) are left alone."""
+    (tmp_path / "a.yaml").write_text(GOOD_RULE.format(name="first"))
+    (tmp_path / ".#a.yaml").symlink_to(tmp_path / "user@host.1234")
+    (tmp_path / ".a.yaml.swp.yaml").write_text("not: [valid")
+
+    ruleset, problems = check_rules(tmp_path)
+
+    assert problems == []
+    assert ruleset is not None
+    assert [r.spec.name for r in ruleset.rules] == ["first"]
+
+
+def test_a_linked_rule_file_loads(tmp_path: Path) -> None:
+    """ConfigMap volumes link every file; a link to a good file loads."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "a.yaml").write_text(GOOD_RULE.format(name="linked"))
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "a.yaml").symlink_to(tmp_path / "real" / "a.yaml")
+
+    ruleset = load_rules(tmp_path / "rules")
+
+    assert [r.spec.name for r in ruleset.rules] == ["linked"]
+
+
 # Good files
 
 
