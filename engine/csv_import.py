@@ -102,6 +102,11 @@ def format_millis(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds") + "Z"
 
 
+# Counts above this in one row are refused rather than expanded: one row of
+# a real series that says 10**12 is a unit mistake, not a workload.
+MAX_COUNT_PER_ROW = 1_000_000
+
+
 def spread_times(start_ms: int, width_ms: int, count: int) -> list[int]:
     """Return the times of `count` events spread evenly over one bucket.
 
@@ -351,6 +356,12 @@ def _count_events(
             raise ConfigurationError(
                 f"Line {row.line} of {series.path} has the count {row.value:g}; a "
                 "count must be a whole number of zero or more."
+            )
+        if row.value > MAX_COUNT_PER_ROW:
+            raise ConfigurationError(
+                f"Line {row.line} of {series.path} has the count {row.value:g}; a "
+                f"row may count at most {MAX_COUNT_PER_ROW:,} events (rescale the "
+                "series, or split its buckets)."
             )
         counts.append(int(row.value))
     return _spread_events(series, counts, synthesise, options)

@@ -204,6 +204,25 @@ def test_counts_mode_refuses_metrics() -> None:
         generate_events(series, CountMode(), options)
 
 
+def test_counts_mode_refuses_an_absurd_count_before_expanding_it(
+    tmp_path: Path,
+) -> None:
+    """A count of 10**12 in one row is an error, not an exhausted memory."""
+    source = tmp_path / "huge.csv"
+    source.write_text(
+        "timestamp,value\n2015-02-26 21:42:53,3\n2015-02-26 21:47:53,1e12\n"
+    )
+    series = read_series(str(source))
+
+    with pytest.raises(ConfigurationError) as error:
+        list(generate_events(series, CountMode(), CONTRIBUTIONS))
+
+    assert str(error.value) == (
+        f"Line 3 of {source} has the count 1e+12; a row may count at most "
+        "1,000,000 events (rescale the series, or split its buckets)."
+    )
+
+
 def test_seed_changes_the_data_but_not_the_times_or_ids() -> None:
     """The seed only steers synthesised data."""
     first = events_of("counts.csv", CountMode(), CONTRIBUTIONS)
