@@ -27,8 +27,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import structlog
 import watchfiles
@@ -39,6 +37,7 @@ from engine.errors import RuleProblem
 from engine.loader import RuleSet, check_rules
 from engine.observability import Observability
 from handlers.registry import HandlerRegistry
+from infra.closing import Started
 
 __all__ = ["RuleCheck", "RuleWatcher"]
 
@@ -62,7 +61,7 @@ class RuleCheck:
         return render_problems(ordered)
 
 
-class RuleWatcher:
+class RuleWatcher(Started):
     """Notice edits under a rules directory and check them on request.
 
     Args:
@@ -118,17 +117,6 @@ class RuleWatcher:
         self._thread = None
         log.info("rule watcher stopped", rules_dir=str(self.rules_dir))
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _watch(self) -> None:
         try:

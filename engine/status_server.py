@@ -21,8 +21,7 @@ import secrets
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -31,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.observability import Observability
 from engine.status_page import render_status_page
+from infra.closing import Started
 
 __all__ = ["StatusServer"]
 
@@ -43,7 +43,7 @@ _JSON = "application/json"
 _HTML = "text/html; charset=utf-8"
 
 
-class StatusServer:
+class StatusServer(Started):
     """Run the HTTP endpoints of one `Observability` in a background thread.
 
     Args:
@@ -90,17 +90,6 @@ class StatusServer:
             log.info("status server stopped", url=self.url)
         self._httpd.server_close()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class _Server(ThreadingHTTPServer):

@@ -1,4 +1,4 @@
-"""A base for adapters that hold a connection and close it on leaving `with`."""
+"""Bases for objects that hold a resource and release it on leaving `with`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import Self
 
-__all__ = ["Closing"]
+__all__ = ["Closing", "Started"]
 
 
 class Closing(ABC):
@@ -26,3 +26,15 @@ class Closing(ABC):
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class Started(Closing):
+    """Started on entering a `with` block, closed when it ends."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Begin the background work."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
