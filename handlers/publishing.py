@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-__all__ = ["EventPublisher"]
+from handlers.base import ActionRequest, Handler
+
+__all__ = ["EventPublisher", "PublishingHandler"]
 
 
 class EventPublisher(Protocol):
@@ -33,3 +35,28 @@ class EventPublisher(Protocol):
             HandlerError: the destination refused the event;
                 TransientHandlerError if a retry may succeed.
         """
+
+
+class PublishingHandler(Handler):
+    """A handler that may announce its effect through an `EventPublisher`."""
+
+    def __init__(self, publisher: EventPublisher | None = None) -> None:
+        self._publisher = publisher
+
+    def announce(
+        self,
+        request: ActionRequest,
+        event_type: str,
+        data: dict[str, Any],
+        subject: str,
+    ) -> None:
+        """Publish the effect, if a publisher is configured.
+
+        Call it before changing any state: when publishing fails, the state
+        is as before, so a retry of the action computes the same effect and
+        publishes an event with the same id.
+        """
+        if self._publisher is not None:
+            self._publisher.publish(
+                event_type, data, action_id=request.id, at=request.at, subject=subject
+            )

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from handlers.base import ActionRequest, Handler, HandlerContext
-from handlers.publishing import EventPublisher
+from handlers.base import ActionRequest, HandlerContext
+from handlers.publishing import PublishingHandler
 
 __all__ = ["ScaleHandler", "desired_replicas"]
 
@@ -37,14 +37,11 @@ def desired_replicas(current: int, factor: float, low: int, high: int) -> int:
     return max(low, min(high, max(wanted, 1)))
 
 
-class ScaleHandler(Handler):
+class ScaleHandler(PublishingHandler):
     """Record the desired capacity of a scaling target."""
 
     name: ClassVar[str] = "scale"
     Params = ScaleParams
-
-    def __init__(self, publisher: EventPublisher | None = None) -> None:
-        self._publisher = publisher
 
     def execute(
         self, request: ActionRequest, params: Any, context: HandlerContext
@@ -59,27 +56,22 @@ class ScaleHandler(Handler):
         stored = context.state.get(NAMESPACE, params.target)
         current = int(stored["replicas"]) if stored else low
         replicas = desired_replicas(current, params.factor, low, high)
-        if self._publisher is not None:
-            # Published before the state changes: when publishing fails, the
-            # state is as before, so a retry of the action computes the same
-            # count and publishes an event with the same id.
-            self._publisher.publish(
-                "scaling.applied",
-                {
-                    "target": params.target,
-                    "previous": current,
-                    "replicas": replicas,
-                    "minInstances": low,
-                    "maxInstances": high,
-                    "factor": params.factor,
-                    "reason": params.reason,
-                    "rule": request.rule,
-                    "tier": tier,
-                },
-                action_id=request.id,
-                at=request.at,
-                subject=params.target,
-            )
+        self.announce(
+            request,
+            "scaling.applied",
+            {
+                "target": params.target,
+                "previous": current,
+                "replicas": replicas,
+                "minInstances": low,
+                "maxInstances": high,
+                "factor": params.factor,
+                "reason": params.reason,
+                "rule": request.rule,
+                "tier": tier,
+            },
+            subject=params.target,
+        )
         context.state.set(
             NAMESPACE,
             params.target,

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.errors import HandlerError
-from handlers.base import ActionRequest, Handler, HandlerContext
-from handlers.publishing import EventPublisher
+from handlers.base import ActionRequest, HandlerContext
+from handlers.publishing import PublishingHandler
 from handlers.scale import NAMESPACE as SCALING_NAMESPACE
 
 __all__ = ["ChangeTierHandler"]
@@ -29,14 +29,11 @@ class ChangeTierParams(BaseModel):
     reason: str = ""
 
 
-class ChangeTierHandler(Handler):
+class ChangeTierHandler(PublishingHandler):
     """Apply a tier's configuration and announce the change."""
 
     name: ClassVar[str] = "change_tier"
     Params = ChangeTierParams
-
-    def __init__(self, publisher: EventPublisher | None = None) -> None:
-        self._publisher = publisher
 
     def execute(
         self, request: ActionRequest, params: Any, context: HandlerContext
@@ -53,23 +50,18 @@ class ChangeTierHandler(Handler):
             return {"changed": False, "tier": previous}
 
         config = context.tiers[params.to].model_dump(mode="json")
-        if self._publisher is not None:
-            # Published before the state changes: when publishing fails, the
-            # tier stays as it was, so a retry of the action publishes an
-            # event with the same id.
-            self._publisher.publish(
-                "tier.changed",
-                {
-                    "from": previous,
-                    "to": params.to,
-                    "reason": params.reason,
-                    "rule": request.rule,
-                    "config": config,
-                },
-                action_id=request.id,
-                at=request.at,
-                subject=params.to,
-            )
+        self.announce(
+            request,
+            "tier.changed",
+            {
+                "from": previous,
+                "to": params.to,
+                "reason": params.reason,
+                "rule": request.rule,
+                "config": config,
+            },
+            subject=params.to,
+        )
         context.state.set(
             NAMESPACE,
             "tier",
