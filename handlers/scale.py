@@ -56,33 +56,19 @@ class ScaleHandler(PublishingHandler):
         stored = context.state.get(NAMESPACE, params.target)
         current = int(stored["replicas"]) if stored else low
         replicas = desired_replicas(current, params.factor, low, high)
+        desired = {
+            "replicas": replicas,
+            "minInstances": low,
+            "maxInstances": high,
+            "factor": params.factor,
+            "reason": params.reason,
+            "rule": request.rule,
+        }
         self.announce(
             request,
             "scaling.applied",
-            {
-                "target": params.target,
-                "previous": current,
-                "replicas": replicas,
-                "minInstances": low,
-                "maxInstances": high,
-                "factor": params.factor,
-                "reason": params.reason,
-                "rule": request.rule,
-                "tier": tier,
-            },
+            {"target": params.target, "previous": current, **desired, "tier": tier},
             subject=params.target,
         )
-        context.state.set(
-            NAMESPACE,
-            params.target,
-            {
-                "replicas": replicas,
-                "minInstances": low,
-                "maxInstances": high,
-                "factor": params.factor,
-                "reason": params.reason,
-                "rule": request.rule,
-                "at": request.at,
-            },
-        )
+        context.state.set(NAMESPACE, params.target, {**desired, "at": request.at})
         return {"previous": current, "replicas": replicas, "min": low, "max": high}
