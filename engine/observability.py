@@ -123,6 +123,8 @@ class Observability:
         self._reload: dict[str, Any] | None = None
         self._ready = False
         self._ready_reason = "The engine is starting."
+        # Backends whose requests fail now, with the sentence that says so.
+        self._failing: dict[str, str] = {}
         self._heartbeat = clock()
         # The fire counts already turned into metrics, per engine: a new
         # engine (a restart of the loop) starts its counts from zero.
@@ -198,6 +200,13 @@ class Observability:
             "rules_engine_rule_reloads",
             "Reloads of the rule files, by outcome (ok, failed).",
             ["outcome"],
+            registry=registry,
+        )
+        self.backend_up = Gauge(
+            "rules_engine_backend_up",
+            "1 while a backend (firestore) takes the engine's requests, 0 while "
+            "they fail.",
+            ["backend"],
             registry=registry,
         )
         self.tier_info = Gauge(
@@ -334,6 +343,21 @@ class Observability:
         with self._lock:
             self._ready, self._ready_reason = ready, reason
 
+    def set_backend(self, backend: str, ok: bool, reason: str = "") -> None:
+        """Say whether a backend takes requests; one that fails makes it unready.
+
+        Args:
+            backend: The backend's name, e.g. `firestore`.
+            ok: True once a request succeeded, False when one failed.
+            reason: A sentence that tells what fails, shown by /readyz.
+        """
+        self.backend_up.labels(backend=backend).set(1 if ok else 0)
+        with self._lock:
+            if ok:
+                self._failing.pop(backend, None)
+            else:
+                self._failing[backend] = reason
+
     # Read by the status server
 
     def metrics_text(self) -> bytes:
@@ -353,8 +377,14 @@ class Observability:
         }
 
     def readiness(self) -> dict[str, Any]:
-        """Return whether the engine is ready and, if not, why."""
+        """Return whether the engine is ready and, if not, why.
+
+        Ready means started and with no backend failing; the reason names
+        what is missing, the start first, then the first failing backend.
+        """
         with self._lock:
+            if self._ready and self._failing:
+                return {"ready": False, "reason": next(iter(self._failing.values()))}
             return {"ready": self._ready, "reason": self._ready_reason}
 
     def status(self) -> dict[str, Any]:

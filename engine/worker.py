@@ -1,15 +1,23 @@
 """The streaming worker: Pub/Sub in, rules on event time, Firestore as memory.
 
-One cycle pulls a batch, decodes it, puts the events in event-time order
-(`engine.reorder`), runs the engine, commits the checkpoint with the
-actions to Firestore and only then acknowledges the messages.
+Three threads share the work. Pull threads (`engine.prefetch`) keep
+several pulls outstanding and queue the messages. The worker's own thread,
+which alone touches the engine, takes queued messages, decodes them, puts
+the events in event-time order (`engine.reorder`), runs the engine and
+takes the checkpoint. A commit thread (`engine.committer`) writes the
+checkpoint with the actions to Firestore and only then has the messages
+acknowledged, while the worker's thread already evaluates the next batch.
+A batch is submitted as soon as the commit before it is done, so batches
+grow when commits are slow and stay small, and quick, when traffic is
+light.
 
 Delivery guarantees, and what makes them:
 
-1. Nothing is lost: a message is acknowledged only after its event is
-   durable, either processed into the checkpoint or waiting in the reorder
-   buffer, which is part of it. A worker that dies leaves its messages
-   unacknowledged, and Pub/Sub delivers them again.
+1. Nothing is lost: a message is acknowledged only after the commit that
+   holds its event returned, the event being either processed into the
+   checkpoint or waiting in the reorder buffer, which is part of it. A
+   worker that dies leaves its messages unacknowledged, and Pub/Sub
+   delivers them again.
 2. Effects happen once: a redelivered event finds its id among those the
    restored engine has seen, or in the reorder buffer, and is dropped; an
    action that is produced again has the same deterministic id, and the
@@ -17,9 +25,10 @@ Delivery guarantees, and what makes them:
    (windows, the tier, scaling targets) is only ever the committed one.
    Handlers that call outside systems may run again for a batch that was
    never committed; they send the action id as an idempotency key.
-3. One evaluator: only the holder of the Firestore lease processes, and
-   every write it makes is fenced by the lease (`infra.firestore_state`),
-   so N workers on one subscription decide exactly what one would.
+3. One evaluator: only the holder of the Firestore lease pulls and
+   processes, and every write it makes is fenced by the lease
+   (`infra.firestore_state`), so N workers on one subscription decide
+   exactly what one would. Commits run one at a time, in order.
 4. Order: with an ordering key on every message and message ordering on
    the subscription, Pub/Sub delivers in publish order, redeliveries
    included, and the worker's results equal a replay of the stream as
@@ -27,11 +36,9 @@ Delivery guarantees, and what makes them:
    long as no event arrives more than the allowed lateness after a later
    one (`engine.reorder`).
 
-An ordered subscription delivers the next messages of a key only once the
-earlier ones are acknowledged, so on one the worker commits after every
-pull; otherwise it gathers several pulls into one commit, and pulls the
-next batch while the commit is under way. A batch pulled ahead is only
-held: it is processed after the commit, and acknowledged after its own.
+On an ordered subscription the worker pulls only once everything it
+pulled before is acknowledged, one pull at a time: messages pulled ahead
+and returned on a stop would come back after later ones.
 """
 
 from __future__ import annotations
@@ -39,36 +46,38 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import orjson
 import structlog
 
 from engine.actions import ActionRecord, encode_record
+from engine.committer import Batch, Committer
 from engine.engine import Engine
-from engine.errors import EventRejected, StateError, TransientStateError
+from engine.errors import EventRejected, TransientStateError
 from engine.events import Event, format_time
 from engine.loader import RuleSet
+from engine.prefetch import Prefetcher
 from engine.reorder import ReorderBuffer
 from engine.retry_queue import RetryQueue
 from handlers.registry import HandlerRegistry
 from infra.firestore_documents import minute_key
 from infra.firestore_state import (
-    CommitReport,
     FirestoreStateStore,
     Lease,
     LeaseLostError,
     StateCommit,
+    freeze_state,
 )
 from infra.pubsub import (
     PubSubPublisher,
     PubSubSource,
     ReceivedMessage,
     SourceError,
-    TransientSourceError,
 )
 
 if TYPE_CHECKING:
@@ -79,16 +88,18 @@ __all__ = ["Worker", "WorkerOptions", "apply_options", "default_worker_id"]
 
 log = structlog.get_logger(__name__)
 
-_MAX_PULL = 1000
 # Dead-letter attribute values are cut to stay far below Pub/Sub's limit.
 _MAX_ATTRIBUTE_CHARS = 1000
-# While a commit is retried, held messages get this much more time, this
-# often, so that Pub/Sub does not hand them to another worker meanwhile.
-_EXTEND_SECONDS = 60
-_EXTEND_EVERY = 20.0
-_BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 5.0
-# How long a stopping worker keeps retrying its last commit.
-_STOP_GRACE = 30.0
+# Messages held at once, in batches of `batch_size`: the one being
+# evaluated, the one being committed and one queued by the pull threads.
+_HELD_BATCHES = 3
+_NOT_READY = "Firestore does not answer: {error}"
+# The worker's thread runs Python for long stretches, and every pull,
+# acknowledgement and commit needs the GIL back once gRPC has answered. At
+# Python's default switch interval of 5 ms each such hand-over may wait
+# 5 ms; measured on the emulator beside a busy thread, a pull took 7.5 ms
+# at 5 ms and 2 ms at 0.5 ms.
+_SWITCH_INTERVAL = 0.0005
 
 
 def default_worker_id() -> str:
@@ -98,7 +109,12 @@ def default_worker_id() -> str:
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """How a worker runs; `rules-engine run --help` describes each option."""
+    """How a worker runs; `rules-engine run --help` describes each option.
+
+    A batch gathers up to `batch_size` messages, for `commit_interval`
+    seconds at most, and less once a pull comes back short. `pulls` is
+    how many pulls are kept outstanding on an unordered subscription.
+    """
 
     project: str
     subscription: str
@@ -117,29 +133,30 @@ class WorkerOptions:
     lease_seconds: float = 30.0
     retry_backoff: float = 1.0
     pull_timeout: float = 1.0
+    pulls: int = 2
     worker_id: str = field(default_factory=default_worker_id)
 
 
 @dataclass
-class _Cycle:
-    """The messages of one cycle and what becomes of each."""
+class _OpenBatch:
+    """What the worker's thread gathered since it last submitted a commit."""
 
     ack: list[str] = field(default_factory=list)
     nack: list[str] = field(default_factory=list)
-    dead_letters: list[tuple[ReceivedMessage, EventRejected]] = field(
-        default_factory=list
-    )
-    received: int = 0
-
-
-@dataclass
-class _Progress:
-    """What processing one cycle's events produced, to be committed."""
-
     records: list[ActionRecord] = field(default_factory=list)
     updated: list[tuple[ActionRecord, int]] = field(default_factory=list)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    received: int = 0
     processed: int = 0
+    # When the first message was taken: monotonic, and for the batch
+    # latency metric.
+    first_at: float | None = None
+    started: float = 0.0
+
+    @property
+    def empty(self) -> bool:
+        """Tell whether no message was taken since the last commit."""
+        return self.received == 0
 
 
 class Worker:
@@ -184,18 +201,29 @@ class Worker:
         self.retries = RetryQueue(options.max_attempts, options.retry_backoff)
         self.processed_total = 0
         self.late_events = 0
+        self.prefetcher = Prefetcher(
+            source,
+            pulls=1 if ordered else max(1, options.pulls),
+            max_held=_HELD_BATCHES * options.batch_size,
+            pull_timeout=options.pull_timeout,
+            ahead=not ordered,
+        )
+        self._committer: Committer | None = None
+        self._open = _OpenBatch()
+        # Evaluated and frozen, waiting for the commit in flight to end.
+        self._ready: Batch | None = None
+        self._submitted: Batch | None = None
         self._lease: Lease | None = None
         self._renewed_at = 0.0
         self._stopping = False
         self._standby_logged = False
-        self._last_received = time.monotonic()
+        self._idle_since = time.monotonic()
         self._actions_out: IO[bytes] | None = None
-        self._puller: ThreadPoolExecutor | None = None
-        self._pulled_ahead: Future[list[ReceivedMessage]] | None = None
 
     def stop(self) -> None:
-        """Ask the worker to finish its current batch and exit."""
+        """Ask the worker to commit what it holds and exit."""
         self._stopping = True
+        self.prefetcher.wake()
 
     def run(self) -> int:
         """Process until stopped or idle; return the exit status.
@@ -210,25 +238,38 @@ class Worker:
         if self.observability is not None:
             self.observability.set_rules(self.ruleset)
             self.observability.set_ready(True)
+        self._committer = Committer(
+            self.store,
+            self.source,
+            self.prefetcher,
+            stopping=lambda: self._stopping,
+            on_done=self.prefetcher.wake,
+            actions_out=self._actions_out,
+            observability=self.observability,
+        )
         reason = "signal"
-        self._puller = ThreadPoolExecutor(1, thread_name_prefix="worker-pull")
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval, _SWITCH_INTERVAL))
         try:
             while not self._stopping:
                 if self._lease is None and not self._lead():
                     self._stand_by()
                     continue
-                self._between_batches()
-                if not self._cycle():
+                if not self._step():
                     reason = "idle"
                     break
-            self._return_pulled_ahead()
-            self._release()
+            self._finish()
         finally:
-            self._puller.shutdown(cancel_futures=True)
+            # After an error: stop the threads, leaving what they hold
+            # unacknowledged, for Pub/Sub to deliver again.
+            self._stopping = True
+            self.prefetcher.stop()
+            self._committer.close()
             if self._actions_out is not None:
                 self._actions_out.close()
             if self.engine is not None:
                 self.engine.close()
+            sys.setswitchinterval(switch_interval)
         log.info(
             "worker stopped",
             worker=self.options.worker_id,
@@ -251,7 +292,12 @@ class Worker:
             checkpoint = self.store.load()
         except TransientStateError as error:
             log.warning("state store unavailable", error=str(error))
+            if self.observability is not None:
+                reason = _NOT_READY.format(error=error)
+                self.observability.set_backend("firestore", ok=False, reason=reason)
             return False
+        if self.observability is not None:
+            self.observability.set_backend("firestore", ok=True)
 
         # Live traffic is bounded by the wall clock instead (`max_future`):
         # after a long outage the first event is rightly far ahead.
@@ -274,9 +320,11 @@ class Worker:
             self.retries.restore(saved["retries"])
             self.processed_total = saved["processed"]
         self.engine, self._lease = engine, lease
+        self._open = _OpenBatch()
         self._renewed_at = time.monotonic()
-        self._last_received = time.monotonic()
+        self._idle_since = time.monotonic()
         self._standby_logged = False
+        self.prefetcher.start()
         clock = None if engine.clock == float("-inf") else format_time(engine.clock)
         log.info(
             "worker started",
@@ -291,14 +339,13 @@ class Worker:
         return True
 
     def _between_batches(self) -> None:
-        """Report that the loop is alive and swap in edited rules.
+        """Swap in edited rules, with no event taken since the last commit.
 
-        Both happen here, on the engine's thread and with no batch in
-        flight, because durable-rules must not be touched from another
-        thread and a batch must run under one rules version.
+        It happens here, on the engine's thread, because durable-rules
+        must not be touched from another thread, and with the open batch
+        empty because a batch must run under one rules version. A commit
+        in flight already holds its checkpoint and version.
         """
-        if self.observability is not None:
-            self.observability.heartbeat()
         if self.watcher is not None and self.engine is not None:
             self.watcher.reload_engine(self.engine, self.observability)
             # Commits record this version, and a new lease starts from it.
@@ -314,8 +361,14 @@ class Worker:
         time.sleep(min(1.0, self.options.lease_seconds / 3))
 
     def _renew_if_due(self) -> None:
+        """Renew the lease when no commit has done it lately.
+
+        Only with no commit in flight: the commit thread is then the only
+        user of the store, and every commit renews the lease anyway.
+        """
         lease = self._lease
-        if lease is None:
+        assert self._committer is not None
+        if lease is None or self._committer.busy:
             return
         if time.monotonic() - self._renewed_at < self.options.lease_seconds / 3:
             return
@@ -325,7 +378,7 @@ class Worker:
         except TransientStateError as error:
             log.warning("lease renewal failed", error=str(error))
         except LeaseLostError as error:
-            self._step_down(_Cycle(), error)
+            self._step_down(error)
 
     def _release(self) -> None:
         if self._lease is None:
@@ -336,136 +389,183 @@ class Worker:
             log.warning("lease release failed", error=str(error))
         self._lease = None
 
-    def _step_down(self, cycle: _Cycle, error: LeaseLostError) -> None:
-        """Give up after losing the lease: the successor owns the messages."""
+    def _step_down(self, error: LeaseLostError) -> None:
+        """Give up after losing the lease: the successor owns the messages.
+
+        Every message this worker holds goes back: those of the commit that
+        was refused, those taken since and those still queued.
+        """
         log.warning("lease lost", worker=self.options.worker_id, error=str(error))
-        self._settle(cycle.nack + cycle.ack, nack=True)
-        self._return_pulled_ahead()
+        assert self._committer is not None
+        queued = [message.ack_id for message in self.prefetcher.stop()]
+        returned = []
+        for batch in (self._submitted, self._ready):
+            if batch is not None:
+                returned += [*batch.ack, *batch.nack]
+        returned += [*self._open.ack, *self._open.nack, *queued]
+        # In delivery order, after the acknowledgements of earlier commits,
+        # as `_finish` explains.
+        self._committer.wait_settled()
+        self._committer.settle(returned, nack=True)
+        self._open, self._ready, self._submitted = _OpenBatch(), None, None
         if self.engine is not None:
             self.engine.close()
         self.engine, self._lease = None, None
 
-    # One cycle
+    def _finish(self) -> None:
+        """Commit everything pulled, then release the lease.
 
-    def _cycle(self) -> bool:
-        """Pull, process, commit and acknowledge one batch.
+        Messages still queued are taken into the last batch rather than
+        returned: on an ordered subscription the emulator delivers a
+        returned message after later ones of its key. A stopping worker
+        keeps the events waiting in the reorder buffer in its checkpoint
+        rather than release them early.
+        """
+        assert self._committer is not None
+        queued = self.prefetcher.stop()
+        if self._lease is None:
+            self._committer.settle([message.ack_id for message in queued], nack=True)
+            return
+        if queued:
+            self._take(queued)
+        while self._lease is not None and (
+            self._committer.busy or self._ready is not None or not self._open.empty
+        ):
+            if self._ready is None and not self._open.empty:
+                self._close(quiet=False, due=[])
+            self._collect(wait=True)
+        # The last acknowledgements go out before a successor may start.
+        self._committer.close()
+        self._release()
+
+    # One step
+
+    def _step(self) -> bool:
+        """Take what arrived; close the batch when due; commit when free.
 
         Returns False once the worker has been idle for `exit_when_idle`.
         """
-        started = time.perf_counter()
-        messages = self._take_pulled_ahead()
-        now = time.monotonic()
-        if messages:
-            self._last_received = now
-        cycle = _Cycle(received=len(messages))
         if self.observability is not None:
-            self.observability.set_backlog(len(messages))
-        self._sort_messages(messages, cycle)
+            self.observability.heartbeat()
+        self._collect()
+        if self._lease is None:
+            return True
+        if self._open.empty and self._ready is None:
+            self._between_batches()
+
+        room = self.options.batch_size - self._open.received
+        messages: list[ReceivedMessage] = []
+        if room > 0:
+            messages = self.prefetcher.take(room, self._wait_seconds())
+            if messages:
+                self._take(messages)
+            if self.observability is not None:
+                self.observability.set_backlog(len(messages))
 
         # A quiet stream releases everything: nothing earlier is coming. A
         # stopping worker keeps the waiting events in its checkpoint.
-        quiet = not messages and not self._stopping
-        events = self.buffer.drain() if quiet else self.buffer.release()
+        quiet = not messages and self.prefetcher.quiet and not self._stopping
         due = self.retries.due(time.time())
-        if not (messages or events or due):
+        caught_up = quiet or self.prefetcher.caught_up
+        if self._close_due(quiet, caught_up, due):
+            self._close(quiet, due)
+        else:
             self._renew_if_due()
-            idle = self.options.exit_when_idle
-            return idle is None or now - self._last_received < idle
+        return not self._idle_long_enough()
 
-        progress = self._process(events)
-        self._retry_actions(due, progress)
-        self._publish_dead_letters(cycle)
-        self._pull_ahead()
-        try:
-            report = self._commit(progress, cycle)
-        except LeaseLostError as error:
-            self._step_down(cycle, error)
-            return True
-
-        self._write_actions(
-            [*progress.records, *(record for record, _ in progress.updated)]
+    def _wait_seconds(self) -> float:
+        """Return how long to wait for messages before looking again."""
+        batch = self._open
+        if batch.first_at is None or self._ready is not None:
+            # Nothing to close, or nothing can close before the commit in
+            # flight is done, which wakes the wait.
+            return self.options.commit_interval
+        # Every pull's answer wakes the wait too, a short one included.
+        return max(
+            0.0, batch.first_at + self.options.commit_interval - time.monotonic()
         )
-        self._settle(cycle.ack)
-        self._settle(cycle.nack, nack=True)
-        if self.observability is not None:
-            for record in progress.records:
-                self.observability.record_action(record)
-            assert self.engine is not None
-            self.observability.record_batch(self.engine, time.perf_counter() - started)
-        self._renew_if_due()
-        log.debug(
-            "batch committed",
-            messages=cycle.received,
-            events=len(events),
-            actions=len(progress.records),
-            seq=report.seq,
-            checkpoint_bytes=report.compressed_bytes,
-            commit_seconds=round(report.seconds, 4),
-        )
-        return True
 
-    def _pull_ahead(self) -> None:
-        """Start pulling the next batch, to overlap it with the commit.
+    def _close_due(self, quiet: bool, caught_up: bool, due: list[str]) -> bool:
+        """Tell whether to evaluate the open batch now.
 
-        Only on an unordered subscription: an ordered one holds back the
-        next messages of a key until the commit is acknowledged anyway.
+        A batch gathers messages until it is full, until a pull comes back
+        short (the worker caught up with the stream) or for
+        `commit_interval` at most: a backlog is committed in large
+        batches, each commit's cost shared by many events, while light
+        traffic waits for no more than what arrived.
         """
-        if self.ordered or self._stopping or self._puller is None:
-            return
-        self._pulled_ahead = self._puller.submit(self._pull)
+        batch = self._open
+        if batch.first_at is None:
+            # No message: only failed actions due again, or events waiting
+            # in the reorder buffer that a quiet stream releases.
+            return bool(due) or (quiet and len(self.buffer) > 0)
+        return (
+            batch.received >= self.options.batch_size
+            or caught_up
+            or self._stopping
+            or time.monotonic() - batch.first_at >= self.options.commit_interval
+        )
 
-    def _take_pulled_ahead(self) -> list[ReceivedMessage]:
-        """Return the batch pulled during the last commit, or pull one now."""
-        pulled, self._pulled_ahead = self._pulled_ahead, None
-        if pulled is None:
-            return self._pull()
-        return pulled.result()
+    def _close(self, quiet: bool, due: list[str]) -> None:
+        """Evaluate the open batch, freeze its checkpoint and commit it.
 
-    def _return_pulled_ahead(self) -> None:
-        """Hand a batch pulled ahead back to Pub/Sub, unprocessed."""
-        pulled, self._pulled_ahead = self._pulled_ahead, None
-        if pulled is None:
-            return
-        try:
-            messages = pulled.result()
-        except SourceError as error:
-            log.warning("pull failed", error=str(error))
-            return
-        self._settle([message.ack_id for message in messages], nack=True)
+        Only one evaluated batch waits for the committer: with one
+        already waiting, this waits for the commit in flight first.
+        """
+        if self._ready is not None:
+            self._collect(wait=True)
+            if self._lease is None:
+                return
+        events = self.buffer.drain() if quiet else self.buffer.release()
+        if events:
+            self._process(events)
+        if due:
+            self._retry_actions(due)
+        self._ready = self._freeze()
+        self._submit_ready()
 
-    def _pull(self) -> list[ReceivedMessage]:
-        """Pull one batch: several pulls, or a single one on an ordered subscription."""
-        messages: list[ReceivedMessage] = []
-        deadline = time.monotonic() + self.options.commit_interval
-        timeout = self.options.pull_timeout
-        while not self._stopping:
-            wanted = min(_MAX_PULL, self.options.batch_size - len(messages))
-            try:
-                pulled = self.source.pull(wanted, timeout=timeout)
-            except TransientSourceError as error:
-                log.warning("pull failed", error=str(error))
-                time.sleep(_BACKOFF_MAX)
-                break
-            messages += pulled
-            full = len(messages) >= self.options.batch_size
-            if not pulled or full or self.ordered or time.monotonic() > deadline:
-                break
-            # More may be waiting; a short pull finds out without stalling.
-            timeout = 0.1
-        return messages
+    def _idle_long_enough(self) -> bool:
+        """Tell whether nothing arrived and nothing was pending for long enough.
 
-    def _sort_messages(self, messages: list[ReceivedMessage], cycle: _Cycle) -> None:
-        """Decode messages into the reorder buffer, or set them aside."""
+        Pending is anything not yet finished: messages pulled and not yet
+        acknowledged (queued, being evaluated, being committed or being
+        acknowledged), events waiting in the reorder buffer and failed
+        actions waiting for another attempt.
+        """
+        assert self._committer is not None
+        now = time.monotonic()
+        pending = (
+            self.prefetcher.held_count > 0
+            or self._committer.busy
+            or self._ready is not None
+            or not self._open.empty
+            or len(self.buffer) > 0
+            or len(self.retries) > 0
+        )
+        if pending:
+            self._idle_since = now
+            return False
+        idle = self.options.exit_when_idle
+        return idle is not None and now - self._idle_since >= idle
+
+    def _take(self, messages: list[ReceivedMessage]) -> None:
+        """Decode messages into the reorder buffer, or dead-letter them."""
         observe = self.observability
+        batch = self._open
+        if batch.first_at is None:
+            batch.first_at, batch.started = time.monotonic(), time.perf_counter()
+        batch.received += len(messages)
+        dead_letters: list[tuple[ReceivedMessage, EventRejected]] = []
+        max_ts = time.time() + self.options.max_future
         for message in messages:
             try:
                 event = self.source.decode(message)
             except EventRejected as rejection:
-                cycle.dead_letters.append((message, rejection))
+                dead_letters.append((message, rejection))
                 if observe is not None:
                     observe.record_event("rejected", rejection.reason)
                 continue
-            if event.ts > time.time() + self.options.max_future:
+            if event.ts > max_ts:
                 # Checked before the reorder buffer and the engine, whose
                 # clocks one far-future event would move for good.
                 future = EventRejected(
@@ -473,23 +573,25 @@ class Worker:
                     f"The event time {event.time} is more than "
                     f"{self.options.max_future:g}s ahead of this worker's clock.",
                 )
-                cycle.dead_letters.append((message, future))
+                dead_letters.append((message, future))
                 if observe is not None:
                     observe.record_event("rejected", future.reason)
                 continue
-            cycle.ack.append(message.ack_id)
+            batch.ack.append(message.ack_id)
             outcome = self.buffer.add(event)
             if outcome == "late":
                 self.late_events += 1
                 log.debug("event arrived late", event_id=event.id, time=event.time)
             elif outcome == "duplicate" and observe is not None:
                 observe.record_event("duplicate")
+        if dead_letters:
+            self._publish_dead_letters(dead_letters)
 
-    def _process(self, events: list[Event]) -> _Progress:
-        """Run released events through the engine, collecting what to commit."""
+    def _process(self, events: list[Event]) -> None:
+        """Run released events through the engine, gathering what to commit."""
         engine = self.engine
         assert engine is not None
-        progress = _Progress()
+        batch = self._open
         observe = self.observability
         for event in events:
             duplicates = engine.stats.duplicates
@@ -499,21 +601,22 @@ class Worker:
                 observe.record_event("duplicate" if duplicate else "accepted")
             if duplicate:
                 continue
-            progress.processed += 1
+            batch.processed += 1
             if event.type == "metrics.sampled":
                 values = {
                     name: value
                     for name, value in event.data.items()
                     if isinstance(value, int | float) and not isinstance(value, bool)
                 }
-                progress.metrics.setdefault(minute_key(event.ts), {}).update(values)
-        progress.records = engine.take_actions()
-        for record in progress.records:
+                batch.metrics.setdefault(minute_key(event.ts), {}).update(values)
+        records = engine.take_actions()
+        now = time.time()
+        for record in records:
             if record.outcome == "failed":
-                self.retries.add(record, time.time())
-        return progress
+                self.retries.add(record, now)
+        batch.records += records
 
-    def _retry_actions(self, due: list[str], progress: _Progress) -> None:
+    def _retry_actions(self, due: list[str]) -> None:
         """Run failed actions again; dead-letter those out of attempts."""
         engine = self.engine
         assert engine is not None
@@ -521,105 +624,103 @@ class Worker:
             record, attempts, exhausted = self.retries.attempt(
                 action_id, engine, time.time()
             )
-            progress.updated.append((record, attempts))
+            self._open.updated.append((record, attempts))
             if exhausted:
                 self._dead_letter_action(record, attempts)
 
     # Durability
 
-    def _commit(self, progress: _Progress, cycle: _Cycle) -> CommitReport:
-        """Commit the cycle, retrying with back-off while Firestore is away.
+    def _freeze(self) -> Batch:
+        """Take the checkpoint of the open batch and start a new one.
 
-        Raises:
-            LeaseLostError: another worker took over.
-            StateError: Firestore refused the commit, or a stopping worker
-                could not commit within its grace period.
+        The checkpoint is serialized here, on the engine's thread: the
+        engine goes on changing the structures its snapshot refers to
+        while the commit thread writes.
         """
-        engine, lease = self.engine, self._lease
-        assert engine is not None and lease is not None
-        self.processed_total += progress.processed
-        dirty = engine.handler_state.dirty
+        engine = self.engine
+        assert engine is not None
+        batch = self._open
+        self.processed_total += batch.processed
+        handler_state = engine.handler_state
+        changed = {
+            (space, key): orjson.loads(orjson.dumps(handler_state.get(space, key)))
+            for space, key in handler_state.dirty
+        }
+        handler_state.dirty.clear()
         commit = StateCommit(
-            state={
-                "engine": engine.snapshot(),
-                "worker": {
-                    "processed": self.processed_total,
-                    "buffer": self.buffer.snapshot(),
-                    "retries": self.retries.snapshot(),
-                },
-            },
+            state=freeze_state(
+                {
+                    "engine": engine.snapshot(),
+                    "worker": {
+                        "processed": self.processed_total,
+                        "buffer": self.buffer.snapshot(),
+                        "retries": self.retries.snapshot(),
+                    },
+                }
+            ),
             rules_version=self.ruleset.version,
             events_processed=self.processed_total,
-            actions=progress.records,
-            updated_actions=progress.updated,
-            handler_state={
-                (space, key): engine.handler_state.get(space, key)
-                for space, key in dirty
-            },
-            metric_samples=progress.metrics,
+            actions=batch.records,
+            updated_actions=batch.updated,
+            handler_state=changed,
+            metric_samples=batch.metrics,
         )
-        held = cycle.ack + cycle.nack
-        delay, extended_at = _BACKOFF_FIRST, float("-inf")
-        give_up_at: float | None = None
-        while True:
-            try:
-                self._lease, report = self.store.commit(lease, commit)
-            except TransientStateError as error:
-                now = time.monotonic()
-                if self._stopping and give_up_at is None:
-                    give_up_at = now + _STOP_GRACE
-                if give_up_at is not None and now > give_up_at:
-                    raise StateError(
-                        f"The worker is stopping and could not commit its last "
-                        f"batch within {_STOP_GRACE:.0f} seconds: {error}"
-                    ) from error
-                log.warning("commit failed", error=str(error), retry_in=delay)
-                if now - extended_at > _EXTEND_EVERY:
-                    self._extend(held)
-                    extended_at = now
-                time.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
-                lease = self._lease or lease
-                continue
-            dirty.clear()
-            self._renewed_at = time.monotonic()
-            return report
+        records = [*batch.records, *(record for record, _ in batch.updated)]
+        started = batch.started
+        self._open = _OpenBatch()
+        return Batch(commit, batch.ack, batch.nack, records, started)
 
-    def _extend(self, ack_ids: list[str]) -> None:
-        try:
-            self.source.extend(ack_ids, _EXTEND_SECONDS)
-        except SourceError as error:
-            log.warning("ack deadline extension failed", error=str(error))
-
-    def _settle(self, ack_ids: list[str], nack: bool = False) -> None:
-        """Acknowledge (or return) messages; a failure only means redelivery."""
-        if not ack_ids:
+    def _submit_ready(self) -> None:
+        """Hand the evaluated batch to the committer once it is free."""
+        committer, lease, ready = self._committer, self._lease, self._ready
+        assert committer is not None
+        if ready is None or lease is None or committer.busy:
             return
-        try:
-            if nack:
-                self.source.nack(ack_ids)
-            else:
-                self.source.ack(ack_ids)
-        except SourceError as error:
-            log.warning("acknowledge failed", messages=len(ack_ids), error=str(error))
+        committer.submit(lease, ready)
+        self._submitted, self._ready = ready, None
 
-    def _write_actions(self, records: list[ActionRecord]) -> None:
-        if self._actions_out is None or not records:
+    def _collect(self, wait: bool = False) -> None:
+        """Take the result of a finished commit: the renewed lease, or its error.
+
+        Raises:
+            StateError: Firestore refused the commit.
+        """
+        committer = self._committer
+        assert committer is not None
+        try:
+            done = committer.poll(wait)
+        except LeaseLostError as error:
+            self._step_down(error)
             return
-        self._actions_out.write(b"".join(encode_record(r) for r in records))
-        self._actions_out.flush()
+        if done is None:
+            return
+        self._submitted = None
+        self._lease, self._renewed_at = done.lease, time.monotonic()
+        self._submit_ready()
+        if self.observability is not None:
+            assert self.engine is not None
+            self.observability.record_batch(self.engine, done.seconds)
+        report = done.report
+        log.debug(
+            "batch committed",
+            messages=len(done.batch.ack) + len(done.batch.nack),
+            actions=len(done.batch.commit.actions),
+            seq=report.seq,
+            checkpoint_bytes=report.compressed_bytes,
+            commit_seconds=round(report.seconds, 4),
+        )
 
     # Dead letters
 
-    def _publish_dead_letters(self, cycle: _Cycle) -> None:
+    def _publish_dead_letters(
+        self, dead_letters: list[tuple[ReceivedMessage, EventRejected]]
+    ) -> None:
         """Publish rejected messages; acknowledge only those that went out.
 
         They are published before the commit and acknowledged after it, so
         a crash in between publishes one again rather than losing it; the
         `original_message_id` attribute tells the copies apart.
         """
-        if not cycle.dead_letters:
-            return
         batch = [
             (
                 message.data,
@@ -631,10 +732,10 @@ class Worker:
                     "subscription": self.source.subscription_path,
                 },
             )
-            for message, rejection in cycle.dead_letters
+            for message, rejection in dead_letters
         ]
-        ack_ids = [message.ack_id for message, _ in cycle.dead_letters]
-        for message, rejection in cycle.dead_letters:
+        ack_ids = [message.ack_id for message, _ in dead_letters]
+        for message, rejection in dead_letters:
             log.warning(
                 "message rejected",
                 message_id=message.message_id,
@@ -642,9 +743,9 @@ class Worker:
                 error=str(rejection),
             )
         if not self._send_dead_letters(batch):
-            cycle.nack += ack_ids
+            self._open.nack += ack_ids
             return
-        cycle.ack += ack_ids
+        self._open.ack += ack_ids
 
     def _dead_letter_action(self, record: ActionRecord, attempts: int) -> None:
         body = encode_record(record)

@@ -104,6 +104,7 @@ __all__ = [
     "LeaseLostError",
     "Manifest",
     "StateCommit",
+    "freeze_state",
     "utc_now",
 ]
 
@@ -172,7 +173,7 @@ class StateCommit:
 
     Args:
         state: the checkpoint, JSON-compatible (the engine's snapshot and
-            the worker's own state).
+            the worker's own state), or as `freeze_state` serialized it.
         rules_version: the version of the rules that produced it.
         events_processed: events processed since the namespace began.
         actions: new action records; one that is already logged is skipped.
@@ -182,7 +183,7 @@ class StateCommit:
         metric_samples: metrics.sampled values by `minute_key`.
     """
 
-    state: dict[str, Any]
+    state: dict[str, Any] | bytes
     rules_version: str
     events_processed: int
     actions: Sequence[ActionRecord] = ()
@@ -203,6 +204,15 @@ class CommitReport:
     writes: int
     skipped_actions: int
     seconds: float
+
+
+def freeze_state(state: dict[str, Any]) -> bytes:
+    """Serialize a checkpoint now, for a commit that another thread writes.
+
+    The state a snapshot returns may share structures with the engine,
+    which goes on changing them; the bytes do not change.
+    """
+    return orjson.dumps({"format": _FORMAT, "state": state})
 
 
 def utc_now() -> datetime:
@@ -406,7 +416,9 @@ class FirestoreStateStore:
         now = self._clock()
 
         # The checkpoint
-        raw = orjson.dumps({"format": _FORMAT, "state": commit.state})
+        raw = commit.state
+        if not isinstance(raw, bytes):
+            raw = freeze_state(raw)
         blob = zlib.compress(raw, 6)
         chunk_count = max(1, math.ceil(len(blob) / CHUNK_BYTES))
         manifest = Manifest(
