@@ -195,17 +195,11 @@ def parse_time(text: str) -> datetime:
     except ValueError:
         moment = _parse_unusual_time(text)
     # fromisoformat checked the digits and ranges; what remains is the shape
-    # RFC 3339 asks for. Cheap index tests, as this runs for every event.
-    size = len(text)
-    if not (
-        size >= 19
-        and text[4] == "-"
-        and text[7] == "-"
-        and text[10] in _SEPARATORS
-        and text[13] == ":"
-        and text[16] == ":"
-        and (size == 19 or text[19] in _AFTER_SECONDS)
-        and (size == 19 or text[19] != "." or text[20:21] in _DIGITS)
+    # RFC 3339 asks for. The characters at 4, 7, 10, 13, 16 and 19 are read
+    # in one slice, as this runs for every event.
+    if text[4:20:3] not in _SHAPES or (
+        # A dot with no digits ("12:00:00.Z") reads as no fraction.
+        not moment.microsecond and text[19:20] == "." and text[20:21] not in _DIGITS
     ):
         raise EventRejected(
             "invalid_time",
@@ -218,7 +212,9 @@ def parse_time(text: str) -> datetime:
             "time_without_zone",
             f"The time {text!r} has no zone; add 'Z' or an offset such as +00:00.",
         )
-    if not (text[-1] in "Zz" or (text[-6] in "+-" and text[-3] == ":")):
+    if text[-1] != "Z" and not (
+        text[-1] == "z" or (text[-6] in "+-" and text[-3] == ":")
+    ):
         raise EventRejected(
             "invalid_time",
             f"The time {text!r} is not an RFC 3339 timestamp; its offset must "
@@ -227,8 +223,11 @@ def parse_time(text: str) -> datetime:
     return moment
 
 
-_SEPARATORS = frozenset("Tt ")
-_AFTER_SECONDS = frozenset(".Zz+-")
+# "YYYY-MM-DDTHH:MM:SS" and what may follow the seconds: a fraction, a
+# zone, or nothing (then the zone is missing, which is its own rejection).
+_SHAPES = frozenset(
+    f"--{separator}::{after}" for separator in "Tt " for after in ("", *".Zz+-")
+)
 _DIGITS = frozenset("0123456789")
 
 
