@@ -90,7 +90,8 @@ class Committer:
         prefetcher: the messages held, to extend and release.
         stopping: tells whether the worker is stopping, which limits the
             retries of a commit to `STOP_GRACE` seconds.
-        on_done: called from the commit thread when a commit ends.
+        on_done: called from the commit thread when a commit's result is
+            ready to poll.
         actions_out: the file that gets each committed action, if any.
         observability: told whether commits succeed, and each action.
     """
@@ -127,6 +128,8 @@ class Committer:
         """Start committing `batch`; one commit at a time."""
         assert self._inflight is None, "a commit is already in flight"
         self._inflight = self._commits.submit(self._commit, lease, batch)
+        # Called once the result is there to poll, errors included.
+        self._inflight.add_done_callback(lambda _: self._on_done())
 
     def poll(self, wait: bool = False) -> Committed | None:
         """Return the commit in flight once it is done, else None.
@@ -169,10 +172,7 @@ class Committer:
     # The commit thread
 
     def _commit(self, lease: Lease, batch: Batch) -> Committed:
-        try:
-            lease, report = self._write(lease, batch)
-        finally:
-            self._on_done()
+        lease, report = self._write(lease, batch)
         self._settle_later(batch.ack, nack=False)
         self._settle_later(batch.nack, nack=True)
         self._write_actions(batch.records)

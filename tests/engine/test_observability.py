@@ -161,6 +161,39 @@ def test_readyz_answers_503_with_the_reason_until_the_worker_is_ready(
     ]
 
 
+def test_readyz_answers_503_while_a_backend_fails_and_200_once_it_answers(
+    server: StatusServer, observability: Observability
+) -> None:
+    """A failing backend makes a ready engine unready, with its reason."""
+    url = f"{server.url}/readyz"
+    failing = "Commits to Firestore are failing: Firestore is unavailable."
+    steps = []
+    observability.set_ready(True)
+    observability.set_backend("firestore", ok=False, reason=failing)
+    steps.append(fetch_json(url))
+    steps.append(metric_lines(observability.metrics_text()))
+    observability.set_backend("firestore", ok=True)
+    steps.append(fetch_json(url))
+    steps.append(metric_lines(observability.metrics_text()))
+
+    assert steps[0] == (503, {"ready": False, "reason": failing})
+    assert 'rules_engine_backend_up{backend="firestore"} 0.0' in steps[1]
+    assert steps[2] == (200, {"ready": True, "reason": ""})
+    assert 'rules_engine_backend_up{backend="firestore"} 1.0' in steps[3]
+
+
+def test_a_starting_engine_names_its_start_before_a_failing_backend(
+    observability: Observability,
+) -> None:
+    """Not yet ready and a backend failing: the start is the reason given."""
+    observability.set_backend("firestore", ok=False, reason="Firestore is away.")
+
+    assert observability.readiness() == {
+        "ready": False,
+        "reason": "The engine is starting.",
+    }
+
+
 def test_healthz_fails_once_the_loop_stops_reporting_and_tells_staleness(
     server: StatusServer, observability: Observability, clock: FakeClock
 ) -> None:

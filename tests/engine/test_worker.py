@@ -9,6 +9,7 @@ killed, restarted or joined by a second worker.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import itertools
 import os
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,15 +32,21 @@ import orjson
 import pytest
 from google.cloud import firestore, pubsub_v1
 
-from engine.errors import TransientHandlerError
+from engine.errors import TransientHandlerError, TransientStateError
 from engine.loader import load_rules
+from engine.observability import Observability
 from engine.replay import replay_stream
 from engine.worker import Worker, WorkerOptions
 from handlers.base import ActionRequest, HandlerContext
 from handlers.cache import InvalidateCacheHandler
 from handlers.registry import HandlerRegistry
 from infra.emulators import LOOPBACK
-from infra.firestore_state import FirestoreStateStore
+from infra.firestore_state import (
+    CommitReport,
+    FirestoreStateStore,
+    Lease,
+    StateCommit,
+)
 from infra.pubsub import PubSubPublisher, PubSubSource
 
 pytestmark = pytest.mark.emulator
@@ -636,3 +644,121 @@ def test_a_failed_action_is_retried_then_dead_lettered(
     assert [(m.attributes["reason"], m.attributes["attempts"]) for m in dead] == (
         dead_letters
     )
+
+
+# Idleness and readiness, in process
+
+
+class OutageStore(FirestoreStateStore):
+    """A namespace whose commits fail for `outage` seconds from the first one."""
+
+    def __init__(self, project: str, outage: float) -> None:
+        super().__init__(project)
+        self.outage = outage
+        self.outage_ends: float | None = None
+        self.failures = 0
+
+    def commit(self, lease: Lease, commit: StateCommit) -> tuple[Lease, CommitReport]:
+        now = time.monotonic()
+        if self.outage_ends is None:
+            self.outage_ends = now + self.outage
+        if now < self.outage_ends:
+            self.failures += 1
+            raise TransientStateError("Firestore is unavailable for the test.")
+        return super().commit(lease, commit)
+
+
+class TimedAckSource(PubSubSource):
+    """A subscription that notes the ack ids it acknowledged, and when."""
+
+    def __init__(self, project: str, subscription: str) -> None:
+        super().__init__(project, subscription)
+        self.acked: list[str] = []
+        self.last_ack = 0.0
+
+    def ack(self, ack_ids: Any) -> None:
+        super().ack(ack_ids)
+        self.acked += ack_ids
+        self.last_ack = time.monotonic()
+
+
+def test_idle_time_counts_only_once_every_message_is_acknowledged(
+    unordered_backend: Backend, tmp_path: Path
+) -> None:
+    """A commit that retries longer than --exit-when-idle does not end the run.
+
+    The idle time starts when the last acknowledgement has gone out, not
+    when the last message arrived.
+    """
+    unordered_backend.publish([_profile_event("u1", 1), _profile_event("u2", 2)])
+    source = TimedAckSource(unordered_backend.project, "engine")
+    worker = _in_process_worker(unordered_backend, tmp_path, source=source)
+    worker.store = store = OutageStore(unordered_backend.project, outage=2.5)
+    worker.options = dataclasses.replace(worker.options, exit_when_idle=1.0)
+
+    status = worker.run()
+    stopped = time.monotonic()
+
+    assert status == 0
+    assert store.failures >= 3
+    assert len(source.acked) == 2
+    assert stopped - source.last_ack >= 1.0
+    assert unordered_backend.processed() == 2
+    assert unordered_backend.pull("engine", timeout=11) == []
+
+
+def test_a_failed_action_waiting_for_its_retry_keeps_the_worker_running(
+    unordered_backend: Backend, tmp_path: Path
+) -> None:
+    """A retry due after --exit-when-idle is still made before the worker exits."""
+    FlakyCacheHandler.failures = 1
+    registry = HandlerRegistry()
+    registry.register(FlakyCacheHandler, FlakyCacheHandler())
+    unordered_backend.publish([_profile_event("u1", 1)])
+
+    status = _in_process_worker(
+        unordered_backend,
+        tmp_path,
+        registry=registry,
+        max_attempts=3,
+        retry_backoff=2.5,
+    ).run()
+    written = [orjson.loads(line) for line in _lines([tmp_path / "actions.jsonl"])]
+    (document,) = unordered_backend.logged_actions().values()
+
+    assert status == 0
+    assert (document["outcome"], document["attempts"]) == ("ok", 2)
+    assert [record["outcome"] for record in written] == ["failed", "ok"]
+
+
+def test_readiness_fails_while_commits_fail_and_returns_with_a_commit(
+    unordered_backend: Backend, tmp_path: Path
+) -> None:
+    """/readyz says why while Firestore refuses commits, and recovers after."""
+    observability = Observability()
+    unordered_backend.publish([_profile_event("u1", 1)])
+    worker = _in_process_worker(unordered_backend, tmp_path)
+    worker.store = OutageStore(unordered_backend.project, outage=2.0)
+    worker.observability = observability
+    seen: list[dict[str, Any]] = []
+
+    thread = threading.Thread(target=worker.run, name="worker")
+    thread.start()
+    _wait_until(
+        lambda: observability.readiness()["reason"].startswith("Commits"), timeout=30
+    )
+    seen.append(observability.readiness())
+    _wait_until(lambda: observability.readiness()["ready"], timeout=30)
+    seen.append(observability.readiness())
+    thread.join(60)
+
+    assert seen == [
+        {
+            "ready": False,
+            "reason": "Commits to Firestore are failing: Firestore is "
+            "unavailable for the test.",
+        },
+        {"ready": True, "reason": ""},
+    ]
+    assert not thread.is_alive()
+    assert unordered_backend.processed() == 1
