@@ -175,7 +175,7 @@ class AggregateRuntime(RuleRuntime):
         self.classify = self.spec.classify
         self.fact_name = self.name
         # Read on every event: kept as plain attributes.
-        self.by = aggregate.by
+        self.by = aggregate.by or None
         self.counts = aggregate.fn == "count"
 
     def _window(self, key: Any) -> SlidingWindow:
@@ -227,9 +227,11 @@ class AggregateRuntime(RuleRuntime):
     def on_event(self, engine: Engine, event: Event, role: str) -> None:
         """Count the event into its key's window and re-evaluate that key."""
         by = self.by
-        key = event.read(by) if by else None
-        if key is not None and isinstance(key, dict | list):
-            key = None
+        key = None
+        if by is not None:
+            key = event.read(by)
+            if isinstance(key, dict | list):
+                key = None
         windows = self.windows
         # Rules with the same aggregate share one window group; the first
         # of them to see an event counts it for all.
