@@ -163,7 +163,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mode", choices=("engine", "post", "post_batch"))
     parser.add_argument("--events", type=Path, default=STREAM)
-    parser.add_argument("--rounds", type=int, default=2, help="runs of each mode")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each mode")
     args = parser.parse_args()
     if args.mode:
         print(json.dumps(run_mode(args.mode, args.events)))
