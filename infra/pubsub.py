@@ -89,12 +89,13 @@ class TransientSourceError(SourceError):
     """Pub/Sub failed in a way that a later retry may fix (unavailable, timeout)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReceivedMessage:
     """One pulled message; `publish_time` is in epoch seconds.
 
     `delivery_attempt` counts deliveries when the subscription has a
-    dead-letter policy, and is None otherwise.
+    dead-letter policy, and is None otherwise. Not frozen: a frozen
+    dataclass takes four times as long to build, once per message.
     """
 
     ack_id: str
@@ -150,19 +151,20 @@ class PubSubSource(Closing):
 
         # The raw protobuf is read directly: through the proto-plus wrappers,
         # 1,000 messages took about 30 ms to convert instead of about 2 ms.
-        raw = PullResponse.pb(response)
-        return [
-            ReceivedMessage(
-                ack_id=received.ack_id,
-                message_id=received.message.message_id,
-                data=received.message.data,
-                attributes=dict(received.message.attributes),
-                publish_time=received.message.publish_time.seconds
-                + received.message.publish_time.nanos / 1e9,
-                delivery_attempt=received.delivery_attempt or None,
+        messages = []
+        for received in PullResponse.pb(response).received_messages:
+            message, published = received.message, received.message.publish_time
+            messages.append(
+                ReceivedMessage(
+                    received.ack_id,
+                    message.message_id,
+                    message.data,
+                    dict(message.attributes),
+                    published.seconds + published.nanos / 1e9,
+                    received.delivery_attempt or None,
+                )
             )
-            for received in raw.received_messages
-        ]
+        return messages
 
     def ack(self, ack_ids: Sequence[str]) -> None:
         """Acknowledge messages, in as many requests as the API limits require.
