@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["DurationError", "format_duration", "parse_duration"]
+__all__ = ["MAX_DURATION", "DurationError", "format_duration", "parse_duration"]
+
+# 100 years. Event times end at the year 9000 (engine/events.py), so every
+# timer a rule sets falls inside the calendar that timestamps can be written in.
+MAX_DURATION = 100 * 365.25 * 86400
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -48,7 +52,14 @@ def parse_duration(text: str | int | float) -> float:
         )
     compact = text.strip()
     if _WHOLE.match(compact):
-        return sum(float(n) * _UNITS[u] for n, u in _PART.findall(compact))
+        seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(compact))
+        if seconds > MAX_DURATION:
+            raise DurationError(
+                f"{text!r} is longer than the longest duration rules may use, "
+                "100 years.",
+                hint="a window, cooldown or retention is at most 5200w",
+            )
+        return seconds
 
     wordy = _WORDY.match(compact)
     if wordy:

@@ -154,6 +154,10 @@ MAX_DEPTH = 255  # what orjson can write back out
 
 
 def _checked_int(text: str) -> int:
+    if len(text) > 21:
+        # Beyond 64 bits whatever the digits; and int() refuses more than
+        # 4,300 digits with a message about interpreter limits.
+        raise _OutOfRange(text)
     value = int(text)
     if not _INT_MIN <= value <= _INT_MAX:
         raise _OutOfRange(text)
@@ -213,7 +217,8 @@ def parse_time(text: str) -> datetime:
             f"The time {text!r} has no zone; add 'Z' or an offset such as +00:00.",
         )
     if text[-1] != "Z" and not (
-        text[-1] == "z" or (text[-6] in "+-" and text[-3] == ":")
+        text[-1] == "z"
+        or (text[-6] in "+-" and text[-3] == ":" and text[-7] in _DIGITS)
     ):
         raise EventRejected(
             "invalid_time",
@@ -296,7 +301,9 @@ def parse_event_line(line: bytes | str) -> Event:
 
     try:
         text = line.decode() if isinstance(line, bytes) else line
-        mapping = _DECODER.decode(text)
+        # A byte order mark (some editors write one on the first line) is
+        # not part of the event; RFC 8259 lets a reader ignore it.
+        mapping = _DECODER.decode(text.removeprefix("\ufeff"))
     except _DuplicateKey as error:
         raise EventRejected(
             "duplicate_key", f"The key {error.args[0]!r} appears twice in one object."
@@ -351,7 +358,11 @@ def _check_envelope(mapping: dict[str, Any]) -> None:
             raise EventRejected(
                 "missing_attribute", f"The event lacks the required attribute {name!r}."
             )
-        if not isinstance(value, str) or not value:
+        if value == "":
+            raise EventRejected(
+                "wrong_type", f"The attribute {name!r} is empty; it must not be."
+            )
+        if not isinstance(value, str):
             raise EventRejected(
                 "wrong_type",
                 f"The attribute {name!r} must be a non-empty string, "
@@ -432,13 +443,20 @@ def event_from_mapping(mapping: Any) -> Event:
                 f"The data of a {event_type} event is invalid: {detail}.",
             ) from error
 
+    ts = moment.timestamp()
+    if not _MIN_TS <= ts < _MAX_TS:
+        raise EventRejected(
+            "invalid_time",
+            f"The time {time_text!r} is outside the years 0001 to 8999 (UTC) "
+            "that event times may take.",
+        )
     # Positional: keywords cost measurably on the hot path.
     return Event(
         event_id,
         source,
         event_type,
         time_text,
-        moment.timestamp(),
+        ts,
         data,
         subject,
         extra,
@@ -446,6 +464,11 @@ def event_from_mapping(mapping: Any) -> Event:
 
 
 _ENVELOPE = frozenset((*_REQUIRED, "data", "subject"))
+# Event times: from 0001-01-01 to 9000-01-01 UTC. The upper end leaves a
+# century for the timers rules set (durations are at most 100 years), so
+# that every time the engine writes is a valid RFC 3339 timestamp.
+_MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_MAX_TS = datetime(9000, 1, 1, tzinfo=UTC).timestamp()
 # The core validators: the TypeAdapter method around them costs as much again.
 _VALIDATORS = {
     name: adapter.validator.validate_python for name, adapter in DATA_MODELS.items()
