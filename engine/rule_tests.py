@@ -13,7 +13,8 @@ fresh engine on event time and compares the actions with its expectations::
 Times (`at`, `start`, `until`) are RFC 3339 times or offsets such as `+30s`
 from the case's `start` (default 2024-01-01T00:00:00Z). `events` lists
 single events; `series` expands `rate` (such as `40/m`) over `for` into
-evenly spaced events with ids `series1-00001`, `series1-00002`, ... The
+evenly spaced events with ids `series1-00001`, `series1-00002`, ... A case
+sends at most `MAX_CASE_EVENTS` (100,000) events, its series included. The
 clock stops at the last event, or at `until` when given, so that `for`
 timers and held coalesced actions can be awaited.
 
@@ -29,6 +30,7 @@ YAML anchors, such as the data of an event type.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,6 +56,7 @@ from engine.loader import RuleSet, load_rules
 from engine.yaml_source import YamlSyntaxError, load_with_marks
 
 __all__ = [
+    "MAX_CASE_EVENTS",
     "CaseResult",
     "Mismatch",
     "RuleTestCase",
@@ -67,6 +70,10 @@ __all__ = [
 DEFAULT_START = "2024-01-01T00:00:00Z"
 # Times closer than this are one time: event times carry milliseconds.
 _SAME_TIME = 0.0005
+# The most events one case may send. A case runs in memory, so a series
+# such as 1000000000/s for 1000d would exhaust it long before any check
+# ran; rules are tested with minutes or hours of events, far below this.
+MAX_CASE_EVENTS = 100_000
 
 
 # The file format
@@ -126,6 +133,11 @@ def _parse_rate(value: Any) -> float:
             f"The rate {value!r} is not a count per period. Hint: write it like "
             "40/m, 2/s or 100/1h."
         ) from error
+    if not math.isfinite(number):
+        raise ValueError(
+            f"The rate {value!r} is not a count per period. Hint: write the "
+            "count as a number, like 40/m."
+        )
     if number <= 0 or seconds <= 0:
         raise ValueError(f"The rate {value!r} must be above zero.")
     return number / seconds
@@ -160,6 +172,24 @@ class SeriesSpec(_Model):
     start: MomentField = Moment(offset=0.0)
     source: str = "/rule-tests"
     data: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_size(self) -> SeriesSpec:
+        if self.count() > MAX_CASE_EVENTS:
+            raise ValueError(_too_many(f"The series makes {self.count():,} events"))
+        return self
+
+    def count(self) -> int:
+        """Return how many events the series makes."""
+        return round(self.for_ * self.rate)
+
+
+def _too_many(what: str) -> str:
+    return (
+        f"{what}, more than the {MAX_CASE_EVENTS:,} a case may send. Hint: "
+        "lower the rate or shorten 'for'; a rule test needs only enough "
+        "events to cross the rule's bounds."
+    )
 
 
 class ExpectedAction(_Model):
@@ -202,6 +232,9 @@ class RuleTestCase(_Model):
             raise ValueError("An empty 'expect' checks nothing; write 'expect: none'.")
         if self.start.ts is None:
             raise ValueError("The start of a case is a time, not an offset.")
+        total = len(self.events) + sum(series.count() for series in self.series)
+        if total > MAX_CASE_EVENTS:
+            raise ValueError(_too_many(f"The case sends {total:,} events"))
         return self
 
     def start_ts(self) -> float:
@@ -273,9 +306,8 @@ def _explain(error: dict[str, Any]) -> str:
 def expand_series(series: SeriesSpec, number: int, start: float) -> Iterator[Event]:
     """Yield the events of one series; `number` (from 1) names their ids."""
     interval = 1.0 / series.rate
-    count = round(series.for_ * series.rate)
     first = series.start.resolve(start)
-    for index in range(count):
+    for index in range(series.count()):
         mapping = {
             "specversion": "1.0",
             "id": f"series{number}-{index + 1:05d}",
