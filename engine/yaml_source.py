@@ -105,7 +105,7 @@ def _build(node: yaml.Node, path: Path, marks: Marks, constructor: _Constructor)
         constructor.flatten_mapping(node)
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = constructor.construct_object(key_node, deep=True)
+            key = _construct_key(key_node, constructor)
             if key in result:
                 raise YamlSyntaxError(
                     f"The key {key!r} appears twice in one mapping.",
@@ -121,7 +121,45 @@ def _build(node: yaml.Node, path: Path, marks: Marks, constructor: _Constructor)
             _build(item, (*path, index), marks, constructor)
             for index, item in enumerate(node.value)
         ]
-    return constructor.construct_object(node, deep=True)
+    return _construct(node, constructor)
+
+
+def _construct(node: yaml.Node, constructor: _Constructor) -> Any:
+    """Build a scalar, or a collection used as a key, refusing bad tags."""
+    line, column = node.start_mark.line + 1, node.start_mark.column + 1
+    try:
+        return constructor.construct_object(node, deep=True)
+    except yaml.constructor.ConstructorError as error:
+        raise YamlSyntaxError(
+            f"The file is not valid YAML: {error.problem}.",
+            line,
+            column,
+            "remove the '!!' tag or write a value of the type it names",
+        ) from error
+    except (ValueError, TypeError, AttributeError) as error:
+        # PyYAML's constructors fail this way on a tag whose text does not
+        # fit it: `!!int two` (ValueError), `!!timestamp soon`
+        # (AttributeError).
+        raise YamlSyntaxError(
+            f"The value {node.value!r} cannot be read as "
+            f"{node.tag.replace('tag:yaml.org,2002:', '!!')}.",
+            line,
+            column,
+            "remove the '!!' tag or write a value of the type it names",
+        ) from error
+
+
+def _construct_key(node: yaml.Node, constructor: _Constructor) -> Any:
+    """Build a mapping key, refusing a list or mapping as one."""
+    if isinstance(node, yaml.CollectionNode):
+        kind = "list" if isinstance(node, yaml.SequenceNode) else "mapping"
+        raise YamlSyntaxError(
+            f"A key must be text, not a {kind}.",
+            node.start_mark.line + 1,
+            node.start_mark.column + 1,
+            "write the key as plain text, such as 'name:'",
+        )
+    return _construct(node, constructor)
 
 
 def load_with_marks(text: str) -> tuple[Any, Marks]:
