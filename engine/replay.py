@@ -22,10 +22,16 @@ import orjson
 from engine.actions import encode_record
 from engine.engine import Engine, EngineStats
 from engine.errors import ConfigurationError, EventRejected
-from engine.events import parse_event_line
+from engine.events import Event, parse_event_line
 from engine.loader import RuleSet
 
-__all__ = ["ReplaySummary", "open_stream", "replay_stream"]
+__all__ = [
+    "JUMP_CONFIRMATIONS",
+    "ReplayIncomplete",
+    "ReplaySummary",
+    "open_stream",
+    "replay_stream",
+]
 
 
 @dataclass
@@ -131,9 +137,13 @@ def iter_numbered_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
             yield number, line
 
 
-def _buffered(stream: IO[bytes]) -> io.BufferedReader:
-    # GzipFile and raw files are binary streams; typeshed types them apart.
-    return io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[arg-type]
+def _buffered(stream: IO[bytes]) -> IO[bytes]:
+    if isinstance(stream, gzip.GzipFile):
+        # Buffered already, in small reads: a large buffer over it would
+        # lose the whole lines it holds when the file turns out truncated.
+        return stream
+    # A raw file is a binary stream; typeshed types it apart.
+    return io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[type-var]
 
 
 def replay_stream(
@@ -153,6 +163,34 @@ def replay_stream(
     # counters kept in locals until the end.
     parse, process, actions = parse_event_line, engine.process, engine.actions
     read = accepted = 0
+    # Events rejected as `time_jump`, held back until the next events say
+    # whether they or the clock are the outlier: (line number, line, event,
+    # the rejection).
+    suspects: list[tuple[int, bytes, Event, EventRejected]] = []
+
+    def reject(number: int, rejection: EventRejected, line: bytes) -> None:
+        summary.rejected[rejection.reason] += 1
+        if dead_letter_out is not None:
+            dead_letter_out.write(_dead_letter(number, rejection, line))
+
+    def settle(confirmed: bool) -> int:
+        """Process the held events if they agree, else reject them; count."""
+        taken = 0
+        for number, line, event, held in suspects:
+            if not confirmed:
+                reject(number, held, line)
+                continue
+            engine.allow_jump(True)
+            try:
+                process(event)
+                taken += 1
+            except EventRejected as rejection:
+                reject(number, rejection, line)
+            engine.allow_jump(False)
+        suspects.clear()
+        return taken
+
+    error: BaseException | None = None
     try:
         with open_stream(events_path) as stream:
             # `iter_numbered_lines`, written out: a generator costs a frame
@@ -164,29 +202,73 @@ def replay_stream(
                 if bar is not None and read % 4096 == 0:
                     bar.update(4096)
                 try:
-                    process(parse(line))
+                    event = parse(line)
+                    process(event)
                 except EventRejected as rejection:
-                    summary.rejected[rejection.reason] += 1
-                    if dead_letter_out is not None:
-                        dead_letter_out.write(_dead_letter(number, rejection, line))
+                    if rejection.reason != "time_jump":
+                        reject(number, rejection, line)
+                        continue
+                    suspects.append((number, line, event, rejection))
+                    if len(suspects) > JUMP_CONFIRMATIONS:
+                        # The oldest disagrees with the later ones.
+                        first, raw, _, held = suspects.pop(0)
+                        reject(first, held, raw)
+                    if _agree(suspects, engine.max_clock_jump):
+                        accepted += settle(confirmed=True)
+                        _write_actions(actions, actions_out)
                     continue
                 accepted += 1
+                if suspects:
+                    # An event on the clock's time line: the held ones were
+                    # the outliers.
+                    settle(confirmed=False)
                 if actions:
-                    if actions_out is not None:
-                        actions_out.write(b"".join(encode_record(r) for r in actions))
-                    actions.clear()
-    except (OSError, EOFError, zlib.error) as error:
+                    _write_actions(actions, actions_out)
+    except (OSError, EOFError, zlib.error) as caught:
         # A truncated or corrupt gzip file, or a read error: what was read
         # so far stands, and the message says where it stopped.
-        raise ConfigurationError(
-            f"The event file {str(events_path)!r} could not be read after line "
-            f"{read}: {error}."
-        ) from error
+        error = caught
+    settle(confirmed=False)
     summary.read, summary.accepted = read, accepted
     summary.seconds = time.perf_counter() - started
     if bar is not None:
         bar.close()
+    if error is not None:
+        raise ReplayIncomplete(
+            f"The event file {str(events_path)!r} could not be read after line "
+            f"{read}: {error}.",
+            summary,
+        ) from error
     return summary
+
+
+# How many events in a row, each far ahead of the clock and close to one
+# another, show that the clock was the outlier (say, one event stamped
+# 1970 at the head of a stream) rather than each of them.
+JUMP_CONFIRMATIONS = 3
+
+
+def _agree(
+    suspects: list[tuple[int, bytes, Event, EventRejected]], bound: float
+) -> bool:
+    if len(suspects) < JUMP_CONFIRMATIONS:
+        return False
+    times = [event.ts for _, _, event, _ in suspects]
+    return max(times) - min(times) <= bound
+
+
+def _write_actions(actions: list[Any], actions_out: IO[bytes] | None) -> None:
+    if actions_out is not None:
+        actions_out.write(b"".join(encode_record(r) for r in actions))
+    actions.clear()
+
+
+class ReplayIncomplete(ConfigurationError):
+    """The stream could not be read to its end; `summary` holds what was."""
+
+    def __init__(self, message: str, summary: ReplaySummary) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 def _dead_letter(number: int, rejection: EventRejected, line: bytes) -> bytes:

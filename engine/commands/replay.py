@@ -10,7 +10,7 @@ import structlog
 
 from engine.errors import ConfigurationError
 from engine.loader import load_rules
-from engine.replay import open_stream, replay_stream
+from engine.replay import ReplayIncomplete, open_stream, replay_stream
 
 __all__ = ["register"]
 
@@ -63,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
                 dead_letter_out=dead_letter,
                 progress=sys.stderr.isatty() and not args.no_progress,
             )
+    except ReplayIncomplete as incomplete:
+        # What was read stands: its summary first, then the error.
+        print(incomplete.summary.render())
+        raise
     finally:
         if dead_letter is not None:
             dead_letter.close()

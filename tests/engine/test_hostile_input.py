@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from pathlib import Path
 
+import orjson
 import pytest
 
 from engine.errors import EventRejected
 from engine.events import parse_event_line
 from engine.loader import check_rules, load_rules
-from engine.replay import replay_stream
+from engine.replay import ReplayIncomplete, replay_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVELOPE = '"specversion":"1.0","source":"/s","type":"t","time":"2015-03-01T00:00:00Z"'
@@ -74,6 +77,92 @@ def test_a_far_future_event_cannot_make_the_rest_late(tmp_path: Path) -> None:
     assert summary.read == summary.accepted + 1
     assert summary.engine.fires == expected.engine.fires
     assert summary.engine.fires["scale-payments-on-contribution-burst"] == 1
+
+
+def _shop(number: int, time: str) -> str:
+    return (
+        f'{{"id":"e{number}","specversion":"1.0","source":"/s","type":"shop.opened",'
+        f'"time":"{time}"}}'
+    )
+
+
+def _dead_letters(path: Path) -> list[tuple[int, str]]:
+    entries = [orjson.loads(text) for text in path.read_text().splitlines()]
+    return [(entry["line"], entry["reason"]) for entry in entries]
+
+
+@pytest.mark.parametrize(
+    ("times", "rejected_lines"),
+    [
+        # A default-zero stamp at the head: the clock was the outlier.
+        (["1970-01-01T00:00:00Z"] + [f"2024-06-01T00:00:0{n}Z" for n in range(6)], []),
+        # Two far-future events among good ones: both outliers.
+        (
+            [
+                "2024-06-01T00:00:00Z",
+                "2099-01-01T00:00:00Z",
+                "2099-01-01T00:00:01Z",
+                "2024-06-01T00:00:01Z",
+                "2024-06-01T00:00:02Z",
+            ],
+            [2, 3],
+        ),
+        # Three far-future events that do not agree with one another.
+        (
+            [
+                "2024-06-01T00:00:00Z",
+                "2099-01-01T00:00:00Z",
+                "2199-01-01T00:00:00Z",
+                "2299-01-01T00:00:00Z",
+                "2024-06-01T00:00:01Z",
+            ],
+            [2, 3, 4],
+        ),
+        # One far-future event at the very end is settled as an outlier.
+        (["2024-06-01T00:00:00Z", "2024-06-01T00:00:01Z", "2099-01-01T00:00:00Z"], [3]),
+    ],
+    ids=["clock outlier at the head", "two outliers", "disagreeing", "at the end"],
+)
+def test_a_time_jump_needs_three_agreeing_events(
+    tmp_path: Path, times: list[str], rejected_lines: list[int]
+) -> None:
+    """Three agreeing events move the clock; fewer are rejected as outliers."""
+    stream, dead = tmp_path / "s.jsonl", tmp_path / "dead.jsonl"
+    stream.write_text("".join(_shop(n, t) + "\n" for n, t in enumerate(times)))
+    rules = load_rules(ROOT / "rules")
+
+    with dead.open("wb") as dead_out:
+        summary = replay_stream(stream, rules, dead_letter_out=dead_out)
+
+    assert _dead_letters(dead) == [(line, "time_jump") for line in rejected_lines]
+    assert (summary.read, summary.accepted) == (
+        len(times),
+        len(times) - len(rejected_lines),
+    )
+
+
+def test_a_truncated_gzip_stream_keeps_every_whole_line(tmp_path: Path) -> None:
+    """Lines before the damage are processed; the error carries the summary."""
+    lines = [
+        _shop(n, f"2024-06-01T00:{n // 60:02d}:{n % 60:02d}Z") for n in range(3000)
+    ]
+    packed = gzip.compress(("\n".join(lines) + "\n").encode())
+    stream = tmp_path / "s.jsonl.gz"
+    stream.write_bytes(packed[: len(packed) // 2])
+    readable = _whole_lines(packed[: len(packed) // 2])
+
+    with pytest.raises(ReplayIncomplete) as caught:
+        replay_stream(stream, load_rules(ROOT / "rules"))
+
+    summary = caught.value.summary
+    assert summary.read == summary.accepted == readable
+    assert f"could not be read after line {readable}" in str(caught.value)
+
+
+def _whole_lines(truncated: bytes) -> int:
+    """Count the complete lines zlib can recover from a truncated gzip."""
+    text = zlib.decompressobj(wbits=31).decompress(truncated)
+    return text.count(b"\n")
 
 
 HOSTILE_RULE_FILES = [
