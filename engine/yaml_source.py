@@ -62,8 +62,17 @@ class Marks:
         return (1, 1)
 
 
+_Pairs = dict[Any, tuple[yaml.Node, yaml.Node]]
+
+
 class _Constructor(yaml.constructor.SafeConstructor):
-    pass
+    """A safe constructor that remembers the merged keys of each mapping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # An anchor merged in many places is resolved once: without this,
+        # merges of merges would be an alias bomb of their own.
+        self.pairs: dict[int, _Pairs] = {}
 
 
 class _Loader(yaml.SafeLoader):
@@ -102,17 +111,8 @@ def _build(node: yaml.Node, path: Path, marks: Marks, constructor: _Constructor)
             "write the rules out instead of repeating them through aliases",
         )
     if isinstance(node, yaml.MappingNode):
-        constructor.flatten_mapping(node)
         result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = _construct_key(key_node, constructor)
-            if key in result:
-                raise YamlSyntaxError(
-                    f"The key {key!r} appears twice in one mapping.",
-                    key_node.start_mark.line + 1,
-                    key_node.start_mark.column + 1,
-                    "keep one of them; YAML readers differ on which one wins",
-                )
+        for key, (key_node, value_node) in _pairs(node, constructor, ()).items():
             marks.add_key((*path, key), key_node)
             result[key] = _build(value_node, (*path, key), marks, constructor)
         return result
@@ -122,6 +122,82 @@ def _build(node: yaml.Node, path: Path, marks: Marks, constructor: _Constructor)
             for index, item in enumerate(node.value)
         ]
     return _construct(node, constructor)
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _pairs(
+    node: yaml.MappingNode, constructor: _Constructor, merging: tuple[int, ...]
+) -> _Pairs:
+    """Return a mapping's keys with their key and value nodes, merges resolved.
+
+    As YAML's merge key defines it, a key written in the mapping overrides
+    one merged in with `<<`. Only a key written twice in the mapping itself
+    is a duplicate.
+    """
+    found = constructor.pairs.get(id(node))
+    if found is not None:
+        return found
+
+    merged: _Pairs = {}
+    explicit: _Pairs = {}
+    merge_key: yaml.Node | None = None
+    for key_node, value_node in node.value:
+        if key_node.tag == _MERGE:
+            if merge_key is not None:
+                raise _duplicate("<<", key_node)
+            merge_key = key_node
+            merged = _merge(value_node, constructor, (*merging, id(node)))
+            continue
+        key = _construct_key(key_node, constructor)
+        if key in explicit:
+            raise _duplicate(key, key_node)
+        explicit[key] = (key_node, value_node)
+
+    found = merged | explicit
+    constructor.pairs[id(node)] = found
+    return found
+
+
+def _merge(
+    value: yaml.Node, constructor: _Constructor, merging: tuple[int, ...]
+) -> _Pairs:
+    """Return the pairs `<<` merges in; of several mappings, the first wins."""
+    sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
+    merged: _Pairs = {}
+    for source in reversed(sources):
+        _check_merge_source(source, merging)
+        merged |= _pairs(source, constructor, merging)
+    return merged
+
+
+def _duplicate(key: Any, key_node: yaml.Node) -> YamlSyntaxError:
+    return YamlSyntaxError(
+        f"The key {key!r} appears twice in one mapping.",
+        key_node.start_mark.line + 1,
+        key_node.start_mark.column + 1,
+        "keep one of them; YAML readers differ on which one wins",
+    )
+
+
+def _check_merge_source(source: yaml.Node, merging: tuple[int, ...]) -> None:
+    """Refuse what `<<` cannot merge: a non-mapping, or a mapping into itself."""
+    line, column = source.start_mark.line + 1, source.start_mark.column + 1
+    if not isinstance(source, yaml.MappingNode):
+        raise YamlSyntaxError(
+            "A merge key '<<' takes a mapping or a list of mappings.",
+            line,
+            column,
+            "write '<<: *name' where the anchor &name marks a mapping",
+        )
+    if id(source) in merging or len(merging) > MAX_DEPTH:
+        raise YamlSyntaxError(
+            "A mapping merges itself through '<<', directly or through others.",
+            line,
+            column,
+            "merge a mapping defined before and outside this one",
+        )
 
 
 def _construct(node: yaml.Node, constructor: _Constructor) -> Any:

@@ -56,6 +56,16 @@ def test_a_failing_case_shows_missing_unexpected_and_different_actions() -> None
     ]
 
 
+def test_a_field_beside_a_merge_key_overrides_the_merged_one() -> None:
+    """`data: {<<: *small, total: 250}` is the shared data with a new total."""
+    path = FIXTURES / "rule_tests" / "merge_keys" / "merged_data.yaml"
+    (case,) = load_test_file(path)
+    (result,) = run_test_files([path])
+
+    assert case.events[0].data == {"orderId": "o-1", "total": 250}
+    assert (result.status, result.mismatches) == ("pass", [])
+
+
 def test_the_rules_option_replaces_the_default_directory() -> None:
     """--rules points cases that name no rules at another directory."""
     (result, *_) = run_test_files([CASES / "passing.yaml"], ROOT / "rules")

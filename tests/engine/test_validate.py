@@ -70,6 +70,22 @@ def test_a_namespaced_custom_event_type_is_accepted() -> None:
     assert ruleset.rules[0].spec.on == ["billing.invoice_paid"]
 
 
+def test_a_key_beside_a_merge_key_overrides_the_merged_one() -> None:
+    """`<<: *base` then `on:` is no duplicate; the written key wins."""
+    ruleset, problems = check_rules(FIXTURES / "merge_keys")
+
+    assert problems == []
+    assert ruleset is not None
+    assert [
+        (r.spec.name, r.spec.on, r.spec.cooldown, r.spec.priority)
+        for r in ruleset.rules
+    ] == [
+        ("new-project", ["project.created"], None, 0),
+        ("funded-project", ["project.funded"], None, 0),
+        ("first-merge-wins", ["project.created"], 3600.0, 5),
+    ]
+
+
 def test_a_directory_reports_the_problems_of_every_file() -> None:
     """One run over the directory finds what the files find one by one."""
     _, problems = check_rules(INVALID)
