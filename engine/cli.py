@@ -69,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EngineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # A file a command was told to read or write: name it, no traceback.
+        where = f" {error.filename!r}" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import subprocess
@@ -117,3 +118,34 @@ def test_a_wrong_command_line_fails_and_says_why(
 
     assert done.returncode == 2
     assert message.replace("{tmp}", str(tmp_path)) in done.stderr
+
+
+def test_a_file_error_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    """Writing to a directory fails with the file's name, not a traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "schema", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 2
+    assert done.stderr == f"error: Is a directory '{tmp_path}'.\n"
+
+
+def test_a_truncated_stream_prints_its_summary_then_the_error(tmp_path: Path) -> None:
+    """What was read before the damage is reported, and the exit is non-zero."""
+    packed = gzip.compress(GOLDEN.read_bytes())
+    stream = tmp_path / "golden.jsonl.gz"
+    stream.write_bytes(packed[: len(packed) * 2 // 3])
+
+    done = run_replay(
+        stream, "--rules", ROOT / "rules", "--actions-out", tmp_path / "a.jsonl"
+    )
+
+    assert done.returncode == 2
+    assert done.stdout.startswith("events: read ")
+    assert done.stderr.startswith(f"error: The event file '{stream}' could not be read")
+    assert "Compressed file ended before the end-of-stream marker" in done.stderr
