@@ -23,6 +23,7 @@ of every rule named in `expect` must be exactly the expected ones (missing,
 unexpected and different ones all fail), rules in `expect_none_from` must
 stay silent, and other rules are not looked at. `expect: none` means no
 action from any rule at all. `params` and `result` match as subsets.
+Every rule named must be one the rules define.
 A top-level `definitions:` mapping holds values that cases share through
 YAML anchors, such as the data of an event type.
 """
@@ -53,7 +54,7 @@ from engine.engine import Engine
 from engine.errors import EventRejected, RuleLoadError, RuleTestError
 from engine.events import Event, event_from_mapping, format_time, parse_time
 from engine.loader import RuleSet, load_rules
-from engine.yaml_source import YamlSyntaxError, load_with_marks
+from engine.yaml_source import Marks, YamlSyntaxError, load_with_marks
 
 __all__ = [
     "MAX_CASE_EVENTS",
@@ -266,6 +267,11 @@ def load_test_file(path: str | Path) -> list[RuleTestCase]:
         RuleTestError: the file cannot be read, is not YAML or a case is
             malformed; the message names the file, line and column.
     """
+    return _read_test_file(path)[0]
+
+
+def _read_test_file(path: str | Path) -> tuple[list[RuleTestCase], Marks]:
+    """Read and check a rule test file; return its cases and their places."""
     name = str(path)
     try:
         raw, marks = load_with_marks(Path(path).read_text(encoding="utf-8"))
@@ -279,7 +285,7 @@ def load_test_file(path: str | Path) -> list[RuleTestCase]:
             f"{name}:{error.line}:{error.column}: {error}{hint}"
         ) from error
     try:
-        return RuleTestFile.model_validate(raw).tests
+        return RuleTestFile.model_validate(raw).tests, marks
     except ValidationError as error:
         lines = []
         for item in error.errors():
@@ -498,11 +504,11 @@ def run_test_files(
     loaded: dict[Path, RuleSet | str] = {}
     for path in paths:
         try:
-            cases = load_test_file(path)
+            cases, marks = _read_test_file(path)
         except RuleTestError as error:
             yield CaseResult(str(path), "(the whole file)", "error", error=str(error))
             continue
-        for case in cases:
+        for index, case in enumerate(cases):
             if case.rules is not None:
                 directory = (path.parent / case.rules).resolve()
             elif rules is not None:
@@ -515,7 +521,50 @@ def run_test_files(
             if isinstance(ruleset, str):
                 yield CaseResult(str(path), case.name, "error", error=ruleset)
                 continue
+            unknown = _unknown_rules(case, ruleset, ("tests", index), marks)
+            if unknown:
+                problems = "\n".join(f"{path}:{problem}" for problem in unknown)
+                yield CaseResult(str(path), case.name, "error", error=problems)
+                continue
             yield run_case(case, ruleset, str(path))
+
+
+def _unknown_rules(
+    case: RuleTestCase, ruleset: RuleSet, where: tuple[str | int, ...], marks: Marks
+) -> list[str]:
+    """Return a located problem for each rule name the rules do not define.
+
+    A misspelt name in `expect_none_from` would otherwise pass silently:
+    a rule that does not exist never fires.
+    """
+    names = [rule.spec.name for rule in ruleset.rules]
+    references: list[tuple[tuple[str | int, ...], str]] = [
+        ((*where, "expect", position, "rule"), item.rule)
+        for position, item in enumerate(
+            case.expect if isinstance(case.expect, list) else []
+        )
+    ]
+    references += [
+        ((*where, "expect_none_from", position), name)
+        for position, name in enumerate(case.expect_none_from)
+    ]
+    problems = []
+    for loc, name in references:
+        if name in names:
+            continue
+        line, column = marks.locate(loc)
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = (
+            f"did you mean {close[0]!r}?"
+            if close
+            else "name a rule by its 'name' field in the rule files"
+        )
+        place = ".".join(str(part) for part in loc)
+        problems.append(
+            f"{line}:{column}: {place}: The rules define no rule named "
+            f"{name!r}. Hint: {hint}"
+        )
+    return problems
 
 
 def _load(directory: Path) -> RuleSet | str:

@@ -68,10 +68,14 @@ def test_a_field_beside_a_merge_key_overrides_the_merged_one() -> None:
 
 def test_the_rules_option_replaces_the_default_directory() -> None:
     """--rules points cases that name no rules at another directory."""
-    (result, *_) = run_test_files([CASES / "passing.yaml"], ROOT / "rules")
+    path = CASES / "passing.yaml"
+    (result, *_) = run_test_files([path], ROOT / "rules")
 
-    assert result.status == "fail"
-    assert [m.kind for m in result.mismatches] == ["missing"]
+    assert result.status == "error"
+    assert result.error == (
+        f"{path}:9:26: tests.0.expect.0.rule: The rules define no rule named "
+        "'order-burst'. Hint: name a rule by its 'name' field in the rule files"
+    )
 
 
 @pytest.mark.parametrize(
@@ -127,6 +131,21 @@ def test_an_event_the_engine_would_reject_makes_its_case_an_error() -> None:
         "event is invalid: data.projectId: Field required; data.contributorUid: "
         "Field required; data.amount: Field required; data.currency: Field "
         "required."
+    )
+
+
+def test_a_rule_name_the_rules_do_not_define_is_a_problem_of_the_case() -> None:
+    """A misspelt name in expect_none_from would otherwise pass silently."""
+    path = INVALID / "unknown_rule_names.yaml"
+    (result,) = run_test_files([path], CASES.parent)
+
+    assert result.status == "error"
+    assert result.error == (
+        f"{path}:7:16: tests.0.expect.0.rule: The rules define no rule named "
+        "'big-ordr'. Hint: did you mean 'big-order'?\n"
+        f"{path}:8:37: tests.0.expect_none_from.1: The rules define no rule "
+        "named 'no-such-rule'. Hint: name a rule by its 'name' field in the "
+        "rule files"
     )
 
 
