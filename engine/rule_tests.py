@@ -51,7 +51,7 @@ from pydantic import (
 from engine.actions import ActionRecord
 from engine.durations import DurationError, format_duration, parse_duration
 from engine.engine import Engine
-from engine.errors import EventRejected, RuleLoadError, RuleTestError
+from engine.errors import EventRejected, RuleLoadError, RuleProblem, RuleTestError
 from engine.events import Event, event_from_mapping, format_time, parse_time
 from engine.loader import RuleSet, load_rules
 from engine.yaml_source import Marks, YamlSyntaxError, load_with_marks
@@ -275,14 +275,13 @@ def _read_test_file(path: str | Path) -> tuple[list[RuleTestCase], Marks]:
     name = str(path)
     try:
         raw, marks = load_with_marks(Path(path).read_text(encoding="utf-8"))
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:
         raise RuleTestError(
-            f"The rule test file {name} cannot be read: {error}."
+            _problem(name, 1, 1, f"The file cannot be read: {error}.")
         ) from error
     except YamlSyntaxError as error:
-        hint = f" Hint: {error.hint}." if error.hint else ""
         raise RuleTestError(
-            f"{name}:{error.line}:{error.column}: {error}{hint}"
+            _problem(name, error.line, error.column, str(error), error.hint)
         ) from error
     try:
         return RuleTestFile.model_validate(raw).tests, marks
@@ -291,19 +290,33 @@ def _read_test_file(path: str | Path) -> tuple[list[RuleTestCase], Marks]:
         for item in error.errors():
             line, column = marks.locate(tuple(item["loc"]))
             where = ".".join(str(part) for part in item["loc"]) or "the file"
-            lines.append(f"{name}:{line}:{column}: {where}: {_explain(dict(item))}")
+            message, hint = _explain(dict(item))
+            lines.append(_problem(name, line, column, f"{where}: {message}", hint))
         raise RuleTestError("\n".join(lines)) from error
 
 
-def _explain(error: dict[str, Any]) -> str:
-    """Word one pydantic finding about a test file as a sentence."""
+def _problem(
+    file: str, line: int, column: int, message: str, hint: str | None = None
+) -> str:
+    """Word a problem of a test file as `validate` words one of a rule file."""
+    return str(RuleProblem(file, line, column, None, message, hint))
+
+
+def _explain(error: dict[str, Any]) -> tuple[str, str | None]:
+    """Word one pydantic finding about a test file: a sentence and a hint."""
     if error["type"] == "extra_forbidden":
         unknown = str(error["loc"][-1])
         close = difflib.get_close_matches(unknown, _FIELD_NAMES, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        return f"This is not a field of a rule test.{hint}"
+        hint = f"did you mean {close[0]!r}?" if close else "remove it"
+        return "This is not a field of a rule test.", hint
+    if error["type"] == "missing" and error["loc"]:
+        return "This field is required.", f"add '{error['loc'][-1]}'"
+    # The parsers of times, durations and rates end their messages with
+    # "Hint: ...", the only place a pydantic validator can put one.
     message = str(error["msg"]).removeprefix("Value error, ")
-    return message if message.endswith(".") else f"{message}."
+    message, _, hint = message.partition(" Hint: ")
+    message = message if message.endswith(".") else f"{message}."
+    return message, hint.rstrip(".") or None
 
 
 # Running a case
@@ -521,16 +534,16 @@ def run_test_files(
             if isinstance(ruleset, str):
                 yield CaseResult(str(path), case.name, "error", error=ruleset)
                 continue
-            unknown = _unknown_rules(case, ruleset, ("tests", index), marks)
+            unknown = _unknown_rules(case, ruleset, str(path), index, marks)
             if unknown:
-                problems = "\n".join(f"{path}:{problem}" for problem in unknown)
+                problems = "\n".join(unknown)
                 yield CaseResult(str(path), case.name, "error", error=problems)
                 continue
             yield run_case(case, ruleset, str(path))
 
 
 def _unknown_rules(
-    case: RuleTestCase, ruleset: RuleSet, where: tuple[str | int, ...], marks: Marks
+    case: RuleTestCase, ruleset: RuleSet, file: str, index: int, marks: Marks
 ) -> list[str]:
     """Return a located problem for each rule name the rules do not define.
 
@@ -538,6 +551,7 @@ def _unknown_rules(
     a rule that does not exist never fires.
     """
     names = [rule.spec.name for rule in ruleset.rules]
+    where = ("tests", index)
     references: list[tuple[tuple[str | int, ...], str]] = [
         ((*where, "expect", position, "rule"), item.rule)
         for position, item in enumerate(
@@ -560,10 +574,8 @@ def _unknown_rules(
             else "name a rule by its 'name' field in the rule files"
         )
         place = ".".join(str(part) for part in loc)
-        problems.append(
-            f"{line}:{column}: {place}: The rules define no rule named "
-            f"{name!r}. Hint: {hint}"
-        )
+        message = f"{place}: The rules define no rule named {name!r}."
+        problems.append(_problem(file, line, column, message, hint))
     return problems
 
 
@@ -578,7 +590,8 @@ def render_result(result: CaseResult) -> str:
     """Return a case's verdict line and, when it failed, its differences."""
     head = f"{result.status.upper()} {result.file}: {result.name}"
     if result.status == "error":
-        return f"{head}\n  {result.error}".replace("\n", "\n  ")
+        lines = str(result.error).splitlines()
+        return "\n".join([head, *(f"  {line}" for line in lines)])
     lines = [head]
     for mismatch in result.mismatches:
         lines += _render_mismatch(mismatch, result.start)

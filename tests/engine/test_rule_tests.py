@@ -74,7 +74,7 @@ def test_the_rules_option_replaces_the_default_directory() -> None:
     assert result.status == "error"
     assert result.error == (
         f"{path}:9:26: tests.0.expect.0.rule: The rules define no rule named "
-        "'order-burst'. Hint: name a rule by its 'name' field in the rule files"
+        "'order-burst'. (hint: name a rule by its 'name' field in the rule files)"
     )
 
 
@@ -140,13 +140,14 @@ def test_a_rule_name_the_rules_do_not_define_is_a_problem_of_the_case() -> None:
     (result,) = run_test_files([path], CASES.parent)
 
     assert result.status == "error"
-    assert result.error == (
-        f"{path}:7:16: tests.0.expect.0.rule: The rules define no rule named "
-        "'big-ordr'. Hint: did you mean 'big-order'?\n"
-        f"{path}:8:37: tests.0.expect_none_from.1: The rules define no rule "
-        "named 'no-such-rule'. Hint: name a rule by its 'name' field in the "
-        "rule files"
-    )
+    assert render_result(result).splitlines() == [
+        f"ERROR {path}: misspelt and missing rule names",
+        f"  {path}:7:16: tests.0.expect.0.rule: The rules define no rule named "
+        "'big-ordr'. (hint: did you mean 'big-order'?)",
+        f"  {path}:8:37: tests.0.expect_none_from.1: The rules define no rule "
+        "named 'no-such-rule'. (hint: name a rule by its 'name' field in the "
+        "rule files)",
+    ]
 
 
 def test_the_command_exits_1_and_counts_when_a_case_fails(
