@@ -272,9 +272,10 @@ def parse_event_line(line: bytes | str) -> Event:
     Raises:
         EventRejected: the line is not an acceptable event; `reason` says why.
     """
-    raw = line.encode() if type(line) is str else line
+    raw = line.encode() if isinstance(line, str) else line
     size = len(raw)
-    if size > MAX_EVENT_BYTES:
+    if size > MAX_EVENT_BYTES and (size := len(raw.rstrip(b"\r\n"))) > MAX_EVENT_BYTES:
+        # The limit is on the event; a line end read with it does not count.
         raise EventRejected(
             "too_large",
             f"The event is {size} bytes; the limit is {MAX_EVENT_BYTES} bytes.",

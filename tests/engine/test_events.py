@@ -114,6 +114,26 @@ def test_a_line_of_exactly_the_limit_is_accepted() -> None:
     assert len(event.data["pad"]) > MAX_EVENT_BYTES - 200
 
 
+@pytest.mark.parametrize("end", [b"\n", b"\r\n"])
+def test_the_line_end_does_not_count_towards_the_limit(end: bytes) -> None:
+    """An event of exactly 1 MiB read from a file, line end kept, parses."""
+    event = parse_event_line(sized_event(MAX_EVENT_BYTES) + end)
+
+    assert event.id == "big"
+
+
+def test_one_byte_over_the_limit_is_too_large_whatever_the_line_end() -> None:
+    """The limit is on the event's bytes."""
+    with pytest.raises(EventRejected) as caught:
+        parse_event_line(sized_event(MAX_EVENT_BYTES + 1) + b"\n")
+
+    assert caught.value.reason == "too_large"
+    assert str(caught.value) == (
+        f"The event is {MAX_EVENT_BYTES + 1} bytes; the limit is "
+        f"{MAX_EVENT_BYTES} bytes."
+    )
+
+
 # Rejected lines
 
 

@@ -141,6 +141,24 @@ def test_a_time_jump_needs_three_agreeing_events(
     )
 
 
+def test_lines_of_json_whitespace_are_blank_and_others_are_rejected(
+    tmp_path: Path,
+) -> None:
+    """Spaces, tabs and CRs alone are blank lines; a vertical tab is not JSON."""
+    stream, dead = tmp_path / "s.jsonl", tmp_path / "dead.jsonl"
+    good = _shop(0, "2024-06-01T00:00:00Z")
+    stream.write_bytes(
+        f"{good}\n \n   \n\t \r\n\x0b\n".encode()
+        + _shop(1, "2024-06-01T00:00:01Z").encode()
+    )
+
+    with dead.open("wb") as dead_out:
+        summary = replay_stream(stream, load_rules(ROOT / "rules"), None, dead_out)
+
+    assert (summary.read, summary.accepted) == (3, 2)
+    assert _dead_letters(dead) == [(5, "invalid_json")]
+
+
 def test_a_truncated_gzip_stream_keeps_every_whole_line(tmp_path: Path) -> None:
     """Lines before the damage are processed; the error carries the summary."""
     lines = [
