@@ -18,7 +18,14 @@ from pydantic import BaseModel, ValidationError
 from engine.durations import format_duration
 from engine.errors import HandlerNotFound, RuleLoadError, RuleProblem
 from engine.event_data import DATA_MODELS
-from engine.rule_model import RuleFile, RuleSpec, Settings, TierConfig, check_conditions
+from engine.rule_model import (
+    ActionSpec,
+    RuleFile,
+    RuleSpec,
+    Settings,
+    TierConfig,
+    check_conditions,
+)
 from engine.templates import ROOTS, find_placeholders
 from engine.yaml_source import Marks, YamlSyntaxError, load_with_marks
 from handlers.registry import HandlerRegistry
@@ -69,6 +76,19 @@ class RuleSet:
         return next((r for r in self.rules if r.spec.name == name), None)
 
 
+@dataclass(frozen=True)
+class _Salvage:
+    """What can still be checked of a rule that failed validation.
+
+    `spec` is the rule without its faulty fields, when that much is a
+    valid rule; otherwise only the rule's valid actions are kept.
+    """
+
+    name: str | None
+    spec: RuleSpec | None
+    actions: list[tuple[int, ActionSpec]]
+
+
 @dataclass
 class _FileResult:
     path: str
@@ -77,6 +97,8 @@ class _FileResult:
     problems: list[RuleProblem]
     # The valid rules with their index in the file's `rules` list.
     rules: list[tuple[int, RuleSpec]] = field(default_factory=list)
+    # The invalid rules, by index, so that their other parts are checked too.
+    salvaged: list[tuple[int, _Salvage]] = field(default_factory=list)
     # The bytes read, once: the rules' version is their digest.
     content: bytes = b""
 
@@ -204,7 +226,44 @@ def _parse_text(name: str, text: str) -> _FileResult:
         spec = _validate(RuleSpec, item, ("rules", index), raw, result)
         if spec is not None:
             result.rules.append((index, spec))
+        elif isinstance(item, dict):
+            result.salvaged.append((index, _salvage(item)))
     return result
+
+
+def _salvage(item: dict[Any, Any]) -> _Salvage:
+    """Keep the parts of an invalid rule that are valid on their own.
+
+    One wrong field must not hide the rule's other problems: a misspelt
+    `wehn` would otherwise leave an unknown action unreported until the
+    next run. The rule is validated again without its faulty fields; if
+    that still fails, its actions are checked one by one.
+    """
+    name = item.get("name")
+    name = name if isinstance(name, str) else None
+    try:
+        RuleSpec.model_validate(item)
+    except ValidationError as error:
+        faulty = {entry["loc"][0] for entry in error.errors() if entry["loc"]}
+    else:
+        faulty = set()
+    try:
+        spec = RuleSpec.model_validate(
+            {key: value for key, value in item.items() if key not in faulty}
+        )
+        return _Salvage(name, spec, list(enumerate(spec.actions)))
+    except ValidationError:
+        pass
+
+    # The problems of each action were reported with the rule's own.
+    actions: list[tuple[int, ActionSpec]] = []
+    written = item.get("actions")
+    for position, raw in enumerate(written if isinstance(written, list) else []):
+        try:
+            actions.append((position, ActionSpec.model_validate(raw)))
+        except ValidationError:
+            continue
+    return _Salvage(name, None, actions)
 
 
 def _validate(
@@ -244,10 +303,14 @@ def _validate(
 
 
 def _check_actions(
-    result: _FileResult, index: int, rule: RuleSpec, registry: HandlerRegistry
+    result: _FileResult,
+    index: int,
+    rule: str | None,
+    actions: list[tuple[int, ActionSpec]],
+    registry: HandlerRegistry,
 ) -> list[RuleProblem]:
     problems: list[RuleProblem] = []
-    for position, spec in enumerate(rule.actions):
+    for position, spec in actions:
         where = ("rules", index, "actions", position)
         line, column = result.marks.locate((*where, "action"))
         try:
@@ -264,7 +327,7 @@ def _check_actions(
                     result.path,
                     line,
                     column,
-                    rule.name,
+                    rule,
                     f"The action {spec.action!r} is not a registered handler.",
                     hint,
                 )
@@ -283,7 +346,7 @@ def _check_actions(
                             result.path,
                             pline,
                             pcol,
-                            rule.name,
+                            rule,
                             f"The template {{{{ {placeholder} }}}} in "
                             f"params.{key} names an unknown value.",
                             f"start it with one of {', '.join(ROOTS)}",
@@ -308,7 +371,7 @@ def _check_actions(
                         result.path,
                         pline,
                         pcol,
-                        rule.name,
+                        rule,
                         f"Bad parameter {detail} for {spec.action!r}: {message}.",
                         _param_hint(handler.Params, dict(item)),
                     )
@@ -393,6 +456,11 @@ def check_rules(
     # Where the values that cross-file checks report are written: time
     # spans, tier names; by (rule name or section, label).
     spans: dict[tuple[str, str], tuple[int, int]] = {}
+    # The actions of every rule, valid or not, whose tier names are
+    # checked once every file's tiers are known.
+    tier_changes: list[
+        tuple[_FileResult, int, str | None, list[tuple[int, ActionSpec]]]
+    ] = []
     digest = hashlib.sha256()
 
     for file in files:
@@ -436,18 +504,22 @@ def check_rules(
             )
             settings_file = result.path
 
+        # Invalid rules are left out of the set, but what is valid of
+        # them is checked like a valid rule.
+        for index, salvage in result.salvaged:
+            if salvage.spec is not None:
+                problems += _check_rule(result, index, salvage.spec, registry)
+            else:
+                problems += _check_actions(
+                    result, index, salvage.name, salvage.actions, registry
+                )
+            tier_changes.append((result, index, salvage.name, salvage.actions))
+
         for index, spec in result.rules:
             line, column = result.marks.locate(("rules", index))
-            for where, message in check_conditions(spec):
-                # A condition's path ends at the key in question: an
-                # operator, a field path, `all` or `any`.
-                cline, ccol = result.marks.locate_key(("rules", index, *where))
-                problems.append(
-                    RuleProblem(result.path, cline, ccol, spec.name, message)
-                )
-            problems += _check_event_types(result, index, spec)
-            problems += _check_reachable(result, index, spec)
-            problems += _check_actions(result, index, spec, registry)
+            problems += _check_rule(result, index, spec, registry)
+            actions = list(enumerate(spec.actions))
+            tier_changes.append((result, index, spec.name, actions))
             loaded = LoadedRule(spec, result.path, line, len(rules))
             nline, ncol = result.marks.locate(("rules", index, "name"))
             if spec.name in seen:
@@ -459,17 +531,74 @@ def check_rules(
                 spans[(spec.name, label)] = result.marks.locate(
                     ("rules", index, *where)
                 )
-            for position, _ in enumerate(spec.actions):
-                spans[(spec.name, f"actions.{position}.to")] = result.marks.locate(
-                    ("rules", index, "actions", position, "params", "to")
-                )
 
     settings = settings or Settings()
     problems += _check_cross_file(rules, tiers, settings, spans, settings_file)
+    for result, index, name, actions in tier_changes:
+        problems += _check_tier_changes(result, index, name, actions, tiers)
     if problems:
         return None, problems
     version = digest.hexdigest()[:12]
     return RuleSet(rules, tiers, settings, version, [str(f) for f in files]), []
+
+
+def _check_rule(
+    result: _FileResult, index: int, spec: RuleSpec, registry: HandlerRegistry
+) -> list[RuleProblem]:
+    """Return the problems of one rule that its model does not catch."""
+    problems: list[RuleProblem] = []
+    for where, message in check_conditions(spec):
+        # A condition's path ends at the key in question: an operator, a
+        # field path, `all` or `any`.
+        line, column = result.marks.locate_key(("rules", index, *where))
+        problems.append(RuleProblem(result.path, line, column, spec.name, message))
+    problems += _check_event_types(result, index, spec)
+    problems += _check_reachable(result, index, spec)
+    problems += _check_actions(
+        result, index, spec.name, list(enumerate(spec.actions)), registry
+    )
+    return problems
+
+
+def _check_tier_changes(
+    result: _FileResult,
+    index: int,
+    rule: str | None,
+    actions: list[tuple[int, ActionSpec]],
+    tiers: dict[str, TierConfig],
+) -> list[RuleProblem]:
+    """Report a change_tier whose tier is not defined under `tiers`."""
+    problems: list[RuleProblem] = []
+    for position, action in actions:
+        target = action.params.get("to")
+        if (
+            action.action != "change_tier"
+            or not isinstance(target, str)
+            or "{{" in target
+            or target in tiers
+        ):
+            continue
+        line, column = result.marks.locate(
+            ("rules", index, "actions", position, "params", "to")
+        )
+        problems.append(
+            RuleProblem(
+                result.path,
+                line,
+                column,
+                rule,
+                f"change_tier names the tier {target!r}, which is not "
+                "defined under 'tiers'.",
+                _tier_hint(tiers),
+            )
+        )
+    return problems
+
+
+def _tier_hint(tiers: dict[str, TierConfig]) -> str:
+    return "define it under 'tiers'" + (
+        f" or use one of {', '.join(tiers)}" if tiers else ""
+    )
 
 
 def _name_clash(
@@ -571,9 +700,6 @@ def _check_cross_file(
     problems: list[RuleProblem] = []
     places = spans or {}
     retention = settings.state_retention
-    known = "define it under 'tiers'" + (
-        f" or use one of {', '.join(tiers)}" if tiers else ""
-    )
     if settings.initial_tier is not None and settings.initial_tier not in tiers:
         line, column = places.get(("settings", "initial_tier"), (1, 1))
         problems.append(
@@ -584,7 +710,7 @@ def _check_cross_file(
                 None,
                 f"The initial tier {settings.initial_tier!r} is not defined "
                 "under 'tiers'.",
-                known,
+                _tier_hint(tiers),
             )
         )
     for loaded in rules:
@@ -608,28 +734,6 @@ def _check_cross_file(
                         f"{format_duration(retention)}, so its state would be "
                         "dropped too early.",
                         "shorten it or raise settings.state_retention",
-                    )
-                )
-        for position, action in enumerate(spec.actions):
-            target = action.params.get("to")
-            if (
-                action.action == "change_tier"
-                and isinstance(target, str)
-                and "{{" not in target
-                and target not in tiers
-            ):
-                line, column = places.get(
-                    (spec.name, f"actions.{position}.to"), (loaded.line, 1)
-                )
-                problems.append(
-                    RuleProblem(
-                        loaded.file,
-                        line,
-                        column,
-                        spec.name,
-                        f"change_tier names the tier {target!r}, which is not "
-                        "defined under 'tiers'.",
-                        known,
                     )
                 )
         if (
