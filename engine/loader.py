@@ -49,6 +49,20 @@ _SPAN_PATHS = {
 _FIELD_NAMES = {
     "rule": [*RuleSpec.model_fields, "for", *RuleFile.model_fields],
 }
+# What a parameter that is one placeholder alone renders as, for the roots
+# whose type is known: such a parameter keeps the value's type, so
+# `message: "{{ value }}"` is a number that a text parameter refuses at
+# every firing. Only a wrong type is reported for such a parameter, as
+# the sample's own value says nothing of bounds or allowed names. Paths
+# into events (`data`, `event`, `first`) and aggregate keys can hold
+# anything and are not checked.
+_SAMPLES: dict[str, Any] = {
+    "value": 1,
+    "band": "band",
+    "previous": "band",
+    "rule": "rule",
+    "tier": "tier",
+}
 
 
 @dataclass(frozen=True)
@@ -317,7 +331,7 @@ def _check_actions(
             handler = registry.handler_class(spec.action)
         except HandlerNotFound:
             close = difflib.get_close_matches(spec.action, registry.names(), n=1)
-            hint = (
+            known = (
                 f"did you mean {close[0]!r}?"
                 if close
                 else f"known: {', '.join(registry.names())}"
@@ -329,15 +343,23 @@ def _check_actions(
                     column,
                     rule,
                     f"The action {spec.action!r} is not a registered handler.",
-                    hint,
+                    known,
                 )
             )
             continue
 
-        templated = set()
+        # Templated parameters are checked with a sample of what they
+        # render as when that is known, and left out otherwise.
+        templated: set[str] = set()
+        samples: dict[str, Any] = {}
         for key, value in spec.params.items():
-            for placeholder in find_placeholders(value):
+            placeholders = find_placeholders(value)
+            sample = _sample(value, placeholders)
+            if sample is not None:
+                samples[key] = sample
+            elif placeholders:
                 templated.add(key)
+            for placeholder in placeholders:
                 root = placeholder.split(".")[0]
                 if root not in ROOTS:
                     pline, pcol = result.marks.locate((*where, "params", key))
@@ -353,11 +375,14 @@ def _check_actions(
                         )
                     )
         try:
-            handler.Params.model_validate(spec.params)
+            handler.Params.model_validate(spec.params | samples)
         except ValidationError as error:
             for item in error.errors():
                 loc = tuple(item["loc"])
                 if loc and loc[0] in templated:
+                    continue
+                sampled = bool(loc) and loc[0] in samples
+                if sampled and not item["type"].endswith("_type"):
                     continue
                 place = (*where, "params", *loc)
                 if item["type"] == "extra_forbidden":
@@ -366,6 +391,17 @@ def _check_actions(
                     pline, pcol = result.marks.locate(place)
                 detail = ".".join(str(p) for p in loc) or "params"
                 message = str(item["msg"]).removeprefix("Value error, ")
+                hint = _param_hint(handler.Params, dict(item))
+                if sampled:
+                    written = spec.params[str(loc[0])]
+                    sample = samples[str(loc[0])]
+                    kind = "text" if isinstance(sample, str) else "a number"
+                    message = f"the template {written!r} renders as {kind}: {message}"
+                    if kind == "a number":
+                        hint = (
+                            "a placeholder alone keeps the value's type; put "
+                            f"text around it, such as 'Value: {written}'"
+                        )
                 problems.append(
                     RuleProblem(
                         result.path,
@@ -373,10 +409,21 @@ def _check_actions(
                         pcol,
                         rule,
                         f"Bad parameter {detail} for {spec.action!r}: {message}.",
-                        _param_hint(handler.Params, dict(item)),
+                        hint,
                     )
                 )
     return problems
+
+
+def _sample(value: Any, placeholders: list[str]) -> Any:
+    """Return what a parameter that is one known placeholder renders as."""
+    if (
+        len(placeholders) != 1
+        or not isinstance(value, str)
+        or not (value.startswith("{{") and value.endswith("}}"))
+    ):
+        return None
+    return _SAMPLES.get(placeholders[0])
 
 
 def _param_hint(params: type[BaseModel], error: dict[str, Any]) -> str | None:
@@ -404,7 +451,14 @@ def _param_hint(params: type[BaseModel], error: dict[str, Any]) -> str | None:
         )
         if key in schema
     ]
-    kind = {"number": "a number", "integer": "a whole number", "string": "text"}
+    kind = {
+        "number": "a number",
+        "integer": "a whole number",
+        "string": "text",
+        "array": "a list",
+        "boolean": "true or false",
+        "object": "a mapping",
+    }
     taken = kind.get(schema.get("type", ""), "a value")
     return f"{name} takes {taken}" + (f" {' and '.join(limits)}" if limits else "")
 
