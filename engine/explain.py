@@ -8,6 +8,7 @@ and the rules version), so an explanation needs no replay.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,24 @@ def find_action(path: str | Path, action_id: str) -> ActionRecord:
             f"{_MIN_PREFIX} characters."
         )
     matches: list[dict[str, Any]] = []
+    try:
+        _search(path, action_id, matches)
+    except (EOFError, zlib.error, OSError) as error:
+        raise ConfigurationError(
+            f"The action log {str(path)!r} could not be read to its end: {error}."
+        ) from error
+    if not matches:
+        raise ConfigurationError(f"No action with the id {action_id!r} is in {path}.")
+    if len(matches) > 1:
+        raise ConfigurationError(
+            f"The id {action_id!r} starts {len(matches)} action ids in {path}; "
+            "give more characters."
+        )
+    return record_from_mapping(matches[0], path)
+
+
+def _search(path: str | Path, action_id: str, matches: list[dict[str, Any]]) -> None:
+    """Add the records of the action log whose id starts with `action_id`."""
     with open_stream(path) as stream:
         for number, line in enumerate(iter_lines(stream), start=1):
             # Most lines are other actions: look for the id before parsing.
@@ -53,14 +72,6 @@ def find_action(path: str | Path, action_id: str) -> ActionRecord:
                 ) from error
             if str(mapping.get("id", "")).startswith(action_id):
                 matches.append(mapping)
-    if not matches:
-        raise ConfigurationError(f"No action with the id {action_id!r} is in {path}.")
-    if len(matches) > 1:
-        raise ConfigurationError(
-            f"The id {action_id!r} starts {len(matches)} action ids in {path}; "
-            "give more characters."
-        )
-    return record_from_mapping(matches[0], path)
 
 
 def record_from_mapping(mapping: dict[str, Any], path: str | Path) -> ActionRecord:

@@ -46,9 +46,20 @@ def run(args: argparse.Namespace) -> int:
     log.info("rules loaded", rules=len(ruleset.rules), version=ruleset.version)
     # Fail on a wrong path before the output files are truncated.
     open_stream(args.events).close()
-    for name in filter(None, (args.actions_out, args.dead_letter_out)):
+    outputs = [name for name in (args.actions_out, args.dead_letter_out) if name]
+    for name in outputs:
         if Path(name).is_dir():
             raise ConfigurationError(f"The output {name!r} is a directory, not a file.")
+    # Opening an output truncates it: it must be neither the input nor the
+    # other output.
+    seen = [Path(args.events).resolve()]
+    for name in outputs:
+        if Path(name).resolve() in seen:
+            raise ConfigurationError(
+                f"The output {name!r} is also the event file or the other "
+                "output; give each its own file."
+            )
+        seen.append(Path(name).resolve())
     Path(args.actions_out).parent.mkdir(parents=True, exist_ok=True)
     dead_letter = None
     if args.dead_letter_out:

@@ -149,3 +149,22 @@ def test_a_truncated_stream_prints_its_summary_then_the_error(tmp_path: Path) ->
     assert done.stdout.startswith("events: read ")
     assert done.stderr.startswith(f"error: The event file '{stream}' could not be read")
     assert "Compressed file ended before the end-of-stream marker" in done.stderr
+
+
+@pytest.mark.parametrize("output", ["--actions-out", "--dead-letter-out"])
+def test_an_output_that_is_the_input_is_refused(tmp_path: Path, output: str) -> None:
+    """Opening an output truncates it: the event file must survive."""
+    stream = tmp_path / "golden.jsonl"
+    shutil.copy(GOLDEN, stream)
+    other = tmp_path / "a.jsonl"
+    args = ["--actions-out", other, "--dead-letter-out", tmp_path / "d.jsonl"]
+    args[args.index(output) + 1] = stream
+
+    done = run_replay(stream, "--rules", ROOT / "rules", *args)
+
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"error: The output '{stream}' is also the event file or the other "
+        "output; give each its own file.\n"
+    )
+    assert stream.read_bytes() == GOLDEN.read_bytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -151,6 +152,23 @@ def test_an_unknown_or_too_short_id_is_refused(
         find_action(action_log, action_id)
 
     assert str(raised.value) == message.replace("{log}", str(action_log))
+
+
+def test_a_truncated_action_log_is_an_error_naming_it(
+    actions: list[ActionRecord], tmp_path: Path
+) -> None:
+    """A damaged gzip log is reported, not a traceback."""
+    packed = gzip.compress(b"".join(encode_record(record) for record in actions))
+    log = tmp_path / "actions.jsonl.gz"
+    log.write_bytes(packed[: len(packed) // 2])
+
+    with pytest.raises(ConfigurationError) as raised:
+        find_action(log, "ffffffffffff")
+
+    assert str(raised.value) == (
+        f"The action log '{log}' could not be read to its end: Compressed file "
+        "ended before the end-of-stream marker was reached."
+    )
 
 
 def test_the_current_rule_is_shown_without_warning_at_the_same_version(
