@@ -204,7 +204,20 @@ def _construct(node: yaml.Node, constructor: _Constructor) -> Any:
     """Build a scalar, or a collection used as a key, refusing bad tags."""
     line, column = node.start_mark.line + 1, node.start_mark.column + 1
     try:
-        return constructor.construct_object(node, deep=True)
+        value = constructor.construct_object(node, deep=True)
+        if isinstance(value, str) and not value.isascii():
+            value.encode("utf-8")
+        return value
+    except UnicodeEncodeError as error:
+        # A double-quoted "\ud800" escape makes a lone UTF-16 surrogate:
+        # not a character, and refused by every encoder the engine uses.
+        raise YamlSyntaxError(
+            "The text escapes a lone UTF-16 surrogate (\\ud800 to \\udfff), "
+            "which is not a character.",
+            line,
+            column,
+            "write the character itself, or escape it as \\U0001F600",
+        ) from error
     except yaml.constructor.ConstructorError as error:
         raise YamlSyntaxError(
             f"The file is not valid YAML: {error.problem}.",

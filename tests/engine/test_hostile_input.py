@@ -185,6 +185,11 @@ def _whole_lines(truncated: bytes) -> int:
 
 HOSTILE_RULE_FILES = [
     ("a NUL byte", "rules:\n  - name: a\x00b\n", "character YAML does not allow"),
+    (
+        "an escaped lone surrogate",
+        'rules:\n  - name: "a\\ud800"\n',
+        "escapes a lone UTF-16 surrogate",
+    ),
     ("nesting thousands deep", "rules: " + "[" * 5000 + "]" * 5000, "too deeply"),
     (
         "an alias bomb",
