@@ -98,7 +98,13 @@ def parse_timestamp(text: str) -> int:
 
 def format_millis(ms: int) -> str:
     """Format epoch milliseconds as RFC 3339 UTC, e.g. `2015-02-26T21:42:53.000Z`."""
-    moment = _NAIVE_EPOCH + timedelta(milliseconds=ms)
+    try:
+        moment = _NAIVE_EPOCH + timedelta(milliseconds=ms)
+    except OverflowError as error:
+        raise ConfigurationError(
+            f"An event would fall {ms} ms from 1970, outside the years 0001 to "
+            "9999; move the series (--shift-to) or clip it (--end)."
+        ) from error
     return moment.isoformat(timespec="milliseconds") + "Z"
 
 
@@ -398,6 +404,11 @@ def _value_events(
     events: list[TimedLine] = []
     for row in series.rows:
         scaled = row.value * mode.scale + mode.offset
+        if not math.isfinite(scaled):
+            raise ConfigurationError(
+                f"Line {row.line} of {series.path}: {row.value:g} scaled by "
+                f"{mode.scale:g} plus {mode.offset:g} is not a finite number."
+            )
         value: float | int = round(scaled) if as_integer else round(scaled, 3)
         data = {mode.field: value}
         if model is not None:

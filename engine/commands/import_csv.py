@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from engine.csv_import import (
     CountMode,
@@ -64,6 +65,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     """Import the file and print how many events were written."""
     mode: ImportMode
+    if not args.type.strip():
+        raise ConfigurationError("The --type value is empty; name an event type.")
+    for name, value in (("--scale", args.scale), ("--offset", args.offset)):
+        if value is not None and not math.isfinite(value):
+            raise ConfigurationError(
+                f"The {name} value {value} is not a finite number."
+            )
     if args.counts:
         if args.scale is not None or args.offset is not None:
             raise ConfigurationError(
@@ -94,7 +102,7 @@ def _time_option(name: str, text: str | None) -> int | None:
         return None
     try:
         return parse_timestamp(text)
-    except ValueError as error:
+    except (ValueError, OverflowError) as error:
         raise ConfigurationError(
             f"The {name} value {text!r} is not a date and time such as "
             "'2015-02-26 21:42:53'."

@@ -435,6 +435,13 @@ def test_import_csv_command_writes_the_stream(
     [
         (["--counts", "--scale", "2"], "apply to --field, not --counts"),
         (["--counts", "--start", "soon"], "The --start value 'soon' is not a date"),
+        (["--field", "cpuUsage", "--scale", "nan"], "--scale value nan is not a fin"),
+        (["--field", "cpuUsage", "--offset", "inf"], "--offset value inf is not a fin"),
+        (
+            ["--counts", "--shift-to", "9999-12-31 23:59:59"],
+            "outside the years 0001 to 9999; move the series",
+        ),
+        (["--counts", "--type", " "], "The --type value is empty"),
     ],
 )
 def test_import_csv_command_refuses_bad_options(
@@ -442,7 +449,9 @@ def test_import_csv_command_refuses_bad_options(
 ) -> None:
     """Option mistakes are reported as sentences before anything is read."""
     argv = ["import-csv", fixture("counts.csv"), "--out", str(tmp_path / "o.jsonl")]
-    argv += ["--type", "contribution.created", *extra]
+    if "--type" not in extra:
+        argv += ["--type", "contribution.created"]
+    argv += extra
 
     with pytest.raises(ConfigurationError, match=says):
         _run_command(argv)
