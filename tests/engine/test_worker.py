@@ -607,6 +607,31 @@ _FLAKY_CASES = [
 ]
 
 
+def _run_flaky(
+    backend: Backend, tmp_path: Path, failures: int, retry_backoff: float
+) -> tuple[int, list[Any], dict[str, Any]]:
+    """Run a worker whose cache handler fails `failures` times, on one event.
+
+    Returns the exit status, the actions file's records and the logged
+    action document.
+    """
+    FlakyCacheHandler.failures = failures
+    registry = HandlerRegistry()
+    registry.register(FlakyCacheHandler, FlakyCacheHandler())
+    backend.publish([_profile_event("u1", 1)])
+
+    status = _in_process_worker(
+        backend,
+        tmp_path,
+        registry=registry,
+        max_attempts=3,
+        retry_backoff=retry_backoff,
+    ).run()
+    written = [orjson.loads(line) for line in _lines([tmp_path / "actions.jsonl"])]
+    (document,) = backend.logged_actions().values()
+    return status, written, document
+
+
 @pytest.mark.parametrize(
     ("failures", "logged", "outcomes", "dead_letters"),
     [case[1:] for case in _FLAKY_CASES],
@@ -621,20 +646,9 @@ def test_a_failed_action_is_retried_then_dead_lettered(
     dead_letters: list[tuple[str, str]],
 ) -> None:
     """A failing handler gets --max-attempts tries in all, then a dead letter."""
-    FlakyCacheHandler.failures = failures
-    registry = HandlerRegistry()
-    registry.register(FlakyCacheHandler, FlakyCacheHandler())
-    unordered_backend.publish([_profile_event("u1", 1)])
-
-    status = _in_process_worker(
-        unordered_backend,
-        tmp_path,
-        registry=registry,
-        max_attempts=3,
-        retry_backoff=0.1,
-    ).run()
-    written = [orjson.loads(line) for line in _lines([tmp_path / "actions.jsonl"])]
-    (document,) = unordered_backend.logged_actions().values()
+    status, written, document = _run_flaky(
+        unordered_backend, tmp_path, failures, retry_backoff=0.1
+    )
     dead = unordered_backend.pull("dead-letters-kept")
 
     assert status == 0
@@ -711,20 +725,9 @@ def test_a_failed_action_waiting_for_its_retry_keeps_the_worker_running(
     unordered_backend: Backend, tmp_path: Path
 ) -> None:
     """A retry due after --exit-when-idle is still made before the worker exits."""
-    FlakyCacheHandler.failures = 1
-    registry = HandlerRegistry()
-    registry.register(FlakyCacheHandler, FlakyCacheHandler())
-    unordered_backend.publish([_profile_event("u1", 1)])
-
-    status = _in_process_worker(
-        unordered_backend,
-        tmp_path,
-        registry=registry,
-        max_attempts=3,
-        retry_backoff=2.5,
-    ).run()
-    written = [orjson.loads(line) for line in _lines([tmp_path / "actions.jsonl"])]
-    (document,) = unordered_backend.logged_actions().values()
+    status, written, document = _run_flaky(
+        unordered_backend, tmp_path, 1, retry_backoff=2.5
+    )
 
     assert status == 0
     assert (document["outcome"], document["attempts"]) == ("ok", 2)
