@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from engine.actions import ActionRecord, Explanation, action_id
 from engine.compiler import compile_rules
 from engine.conditions import encode_value
+from engine.durations import format_duration
 from engine.errors import EngineError, EventRejected
 from engine.events import Event, format_time
 from engine.loader import RuleSet
@@ -239,7 +240,8 @@ class Engine:
                 raise EventRejected(
                     "time_jump",
                     f"The event time {event.time} is more than "
-                    f"{self.max_clock_jump:g}s ahead of the engine's clock "
+                    f"{format_duration(self.max_clock_jump)} ahead of the "
+                    "engine's clock "
                     f"({format_time(self.clock)}); one such event would make "
                     "every later one late.",
                 )

@@ -106,7 +106,11 @@ def open_stream(path: str | Path) -> IO[bytes]:
         ConfigurationError: the file does not exist or cannot be read.
     """
     source = Path(path)
-    if not source.is_file():
+    if source.is_dir():
+        raise ConfigurationError(
+            f"The event file {str(source)!r} is a directory, not a file."
+        )
+    if not source.exists():
         raise ConfigurationError(f"The event file {str(source)!r} does not exist.")
     try:
         raw = source.open("rb")

@@ -168,3 +168,15 @@ def test_an_output_that_is_the_input_is_refused(tmp_path: Path, output: str) -> 
         "output; give each its own file.\n"
     )
     assert stream.read_bytes() == GOLDEN.read_bytes()
+
+
+def test_a_directory_as_the_event_file_is_named_as_such(tmp_path: Path) -> None:
+    """A directory is not reported as missing."""
+    done = run_replay(
+        tmp_path, "--rules", ROOT / "rules", "--actions-out", tmp_path / "a.jsonl"
+    )
+
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"error: The event file '{tmp_path}' is a directory, not a file.\n"
+    )

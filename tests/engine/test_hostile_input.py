@@ -141,6 +141,23 @@ def test_a_time_jump_needs_three_agreeing_events(
     )
 
 
+def test_a_time_jump_is_told_in_the_rule_language_s_durations(tmp_path: Path) -> None:
+    """The dead letter names the bound as rules write it (30d)."""
+    stream, dead = tmp_path / "s.jsonl", tmp_path / "dead.jsonl"
+    times = ["2024-06-01T00:00:00Z", "2099-01-01T00:00:00Z", "2024-06-01T00:00:01Z"]
+    stream.write_text("".join(_shop(n, t) + "\n" for n, t in enumerate(times)))
+
+    with dead.open("wb") as dead_out:
+        replay_stream(stream, load_rules(ROOT / "rules"), None, dead_out)
+
+    (entry,) = [orjson.loads(text) for text in dead.read_text().splitlines()]
+    assert entry["error"] == (
+        "The event time 2099-01-01T00:00:00Z is more than 30d ahead of the "
+        "engine's clock (2024-06-01T00:00:00.000Z); one such event would make "
+        "every later one late."
+    )
+
+
 def test_lines_of_json_whitespace_are_blank_and_others_are_rejected(
     tmp_path: Path,
 ) -> None:
