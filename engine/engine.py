@@ -159,7 +159,6 @@ class Engine:
         self._seen_ids: dict[str, float] = {}
         self._seen_order: deque[str] = deque()
         self._last_sweep = float("-inf")
-        self._jump_allowed = False
         self._current_action: str | None = None
         # Kept across reloads. None takes the rules' setting; the worker
         # passes infinity, as it bounds live traffic by its wall clock.
@@ -229,11 +228,7 @@ class Engine:
             if seen[order[0]] < horizon - self._dedup_slack:
                 self._forget_seen(horizon)
         if ts > self.clock:
-            if (
-                ts - self.clock > self.max_clock_jump
-                and self.clock > float("-inf")
-                and not self._take_jump_allowance()
-            ):
+            if ts - self.clock > self.max_clock_jump and self.clock > float("-inf"):
                 if self.dedup:
                     del self._seen_ids[event.id]
                     self._seen_order.pop()
@@ -270,18 +265,17 @@ class Engine:
         self.stats.processed += 1
         return actions[start:] if len(actions) > start else []
 
-    def allow_jump(self, allowed: bool) -> None:
-        """Let the next event move the clock however far ahead it is.
+    def process_past_jump(self, event: Event) -> list[ActionRecord]:
+        """Process an event however far ahead of the clock it is.
 
         For a caller that has seen the events after a `time_jump` agree
-        with it: then the clock, not the event, was the outlier. The
-        allowance lasts for one jump; `allow_jump(False)` withdraws it.
+        with it: then the clock, not the event, was the outlier.
         """
-        self._jump_allowed = allowed
-
-    def _take_jump_allowance(self) -> bool:
-        allowed, self._jump_allowed = self._jump_allowed, False
-        return allowed
+        bound, self.max_clock_jump = self.max_clock_jump, float("inf")
+        try:
+            return self.process(event)
+        finally:
+            self.max_clock_jump = bound
 
     def _forget_seen(self, horizon: float) -> None:
         # `order` holds ids in arrival order; an id leaves once its time is
