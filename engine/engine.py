@@ -475,29 +475,15 @@ class Engine:
         the event and the explanation is built if and when it runs.
         """
         at = view.ts
-        plans = self._action_plan_cache.get(runtime.name) or self._action_plans(runtime)
+        plans = self._action_plans(runtime)
         coalesce = self._coalesce
         if len(plans) == 1:
             # The common case, one action: no lists, no second loop.
             plan = plans[0]
             entry = coalesce.get(plan.key) if plan.static and plan.interval else None
             if entry is not None and at < entry["until"]:
-                stats = self.stats
-                stats.fires[runtime.name] += 1
-                # `_hold`, written out for the most frequent case of all.
-                pending = entry["pending"]
-                if pending is None:
-                    self.schedule(entry["until"], "#coalesce", plan.key)
-                else:
-                    stats.coalesced[pending[0]] += 1
-                entry["pending"] = (
-                    runtime.name,
-                    plan.position,
-                    plan.action,
-                    plan.params,
-                    view,
-                    None,
-                )
+                self.stats.fires[runtime.name] += 1
+                self._hold(entry, plan.key, runtime, plan, view, at, None)
                 return
             why = Explanation(runtime.description, None, [view.id], runtime.version)
             self.fire(runtime, view.summary(), at, {"key": None}, why, view.mapping())
