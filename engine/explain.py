@@ -40,9 +40,8 @@ def find_action(path: str | Path, action_id: str) -> ActionRecord:
             f"The action id {action_id!r} is too short; give at least "
             f"{_MIN_PREFIX} characters."
         )
-    matches: list[dict[str, Any]] = []
     try:
-        _search(path, action_id, matches)
+        matches = _search(path, action_id)
     except (EOFError, zlib.error, OSError) as error:
         raise ConfigurationError(
             f"The action log {str(path)!r} could not be read to its end: {error}."
@@ -57,8 +56,9 @@ def find_action(path: str | Path, action_id: str) -> ActionRecord:
     return record_from_mapping(matches[0], path)
 
 
-def _search(path: str | Path, action_id: str, matches: list[dict[str, Any]]) -> None:
-    """Add the records of the action log whose id starts with `action_id`."""
+def _search(path: str | Path, action_id: str) -> list[dict[str, Any]]:
+    """Return the records of the action log whose id starts with `action_id`."""
+    matches: list[dict[str, Any]] = []
     with open_stream(path) as stream:
         for number, line in enumerate(iter_lines(stream), start=1):
             # Most lines are other actions: look for the id before parsing.
@@ -72,6 +72,7 @@ def _search(path: str | Path, action_id: str, matches: list[dict[str, Any]]) -> 
                 ) from error
             if str(mapping.get("id", "")).startswith(action_id):
                 matches.append(mapping)
+    return matches
 
 
 def record_from_mapping(mapping: dict[str, Any], path: str | Path) -> ActionRecord:
