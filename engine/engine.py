@@ -213,25 +213,14 @@ class Engine:
         actions = self.actions
         start = len(actions)
         ts = event.ts
-        if self.dedup:
-            seen = self._seen_ids
-            event_id = event.id
-            if event_id in seen:
-                self.stats.duplicates += 1
-                return []
-            seen[event_id] = ts
-            order = self._seen_order
-            order.append(event_id)
-            horizon = (ts if ts > self.clock else self.clock) - self._dedup_retention
-            # Forgotten in steps of a hundredth of the retention, not one id
-            # per event: an id may be kept that much longer, never shorter.
-            if seen[order[0]] < horizon - self._dedup_slack:
-                self._forget_seen(horizon)
+        dedup = self.dedup
+        if dedup and event.id in self._seen_ids:
+            self.stats.duplicates += 1
+            return []
         if ts > self.clock:
+            # Refused before its id is remembered, and before its time can
+            # move the horizon past which remembered ids are forgotten.
             if ts - self.clock > self.max_clock_jump and self.clock > float("-inf"):
-                if self.dedup:
-                    del self._seen_ids[event.id]
-                    self._seen_order.pop()
                 raise EventRejected(
                     "time_jump",
                     f"The event time {event.time} is more than "
@@ -248,6 +237,15 @@ class Engine:
             else:
                 # Nothing due and no sweep: moving the clock is all there is.
                 self.clock = ts
+        if dedup:
+            seen, order = self._seen_ids, self._seen_order
+            seen[event.id] = ts
+            order.append(event.id)
+            horizon = self.clock - self._dedup_retention
+            # Forgotten in steps of a hundredth of the retention, not one id
+            # per event: an id may be kept that much longer, never shorter.
+            if seen[order[0]] < horizon - self._dedup_slack:
+                self._forget_seen(horizon)
 
         route = self._routes.get(event.type)
         if route is not None:

@@ -141,6 +141,25 @@ def test_a_time_jump_needs_three_agreeing_events(
     )
 
 
+def test_a_rejected_time_jump_does_not_make_the_engine_forget_seen_ids(
+    tmp_path: Path,
+) -> None:
+    """A redelivery after a far-future outlier is still a duplicate."""
+    stream = tmp_path / "s.jsonl"
+    lines = [
+        _shop(1, "2024-06-01T12:00:00Z"),
+        _shop(2, "2024-07-15T12:00:00Z"),
+        _shop(1, "2024-06-01T12:00:01Z"),
+        _shop(3, "2024-06-01T12:00:10Z"),
+    ]
+    stream.write_text("".join(line + "\n" for line in lines))
+
+    summary = replay_stream(stream, load_rules(ROOT / "rules"))
+
+    assert dict(summary.rejected) == {"time_jump": 1}
+    assert (summary.read, summary.accepted, summary.engine.duplicates) == (4, 3, 1)
+
+
 def test_a_time_jump_is_told_in_the_rule_language_s_durations(tmp_path: Path) -> None:
     """The dead letter names the bound as rules write it (30d)."""
     stream, dead = tmp_path / "s.jsonl", tmp_path / "dead.jsonl"
