@@ -2,11 +2,18 @@
 
 Three measurements, in one run, reported rather than asserted:
 
-(a) raw: M messages published to a topic with three subscriptions; one
+(a) raw: M messages published to a topic with four subscriptions; one
     is drained with batched pull + acknowledge and nothing else, untimed,
     to warm the emulator up (its first drain is much slower), then the
     second the same way, timed. This is the ceiling the client and the
     emulator allow.
+(a') raw, acknowledged one pull behind: the third subscription drained
+    the same way, except that each pull's messages are acknowledged only
+    after the next pull has answered. No more work than (a), yet the
+    emulator serves every pull several times slower while any message of
+    a large backlog is pulled and unacknowledged, and a consumer that
+    acknowledges only after its work is durable always has some. This is
+    the ceiling for such a consumer, the worker included.
 (b) worker: the other subscription, holding the same M messages, is
     drained by the real streaming worker (`engine.worker.Worker`) with the
     shipped rules, the embedded handlers, its state in the Firestore
@@ -27,7 +34,8 @@ store can note the times: they add a clock read per call and, in (c) only,
 a dictionary entry per message. Rule files are not watched, as with
 `rules-engine run --no-watch-rules`.
 
-The last line is `ratio_vs_raw_pull=<worker msgs/s / raw msgs/s>`.
+The last line is `ratio_vs_raw_pull=<worker msgs/s / raw msgs/s>`, after
+`ratio_vs_held_pull`, the worker against (a').
 Runs only against emulators on the loopback interface.
 """
 
@@ -136,6 +144,24 @@ def drain(project: str, subscription: str, count: int) -> float:
                 sys.exit(f"{subscription}: only {received} of {count} arrived")
             source.ack([message.ack_id for message in batch])
             received += len(batch)
+        return time.perf_counter() - started
+
+
+def drain_held(project: str, subscription: str, count: int) -> float:
+    """Like `drain`, acknowledging each pull after the next one answered."""
+    received = 0
+    held: list[str] = []
+    with PubSubSource(project, subscription) as source:
+        started = time.perf_counter()
+        while received < count:
+            batch = source.pull(max_messages=1000, timeout=10)
+            if not batch:
+                sys.exit(f"{subscription}: only {received} of {count} arrived")
+            if held:
+                source.ack(held)
+            held = [message.ack_id for message in batch]
+            received += len(batch)
+        source.ack(held)
         return time.perf_counter() - started
 
 
@@ -337,7 +363,7 @@ def main() -> int:
     # (a) and (b): one publish, two subscriptions
     lines = read_lines(args.messages)
     count = len(lines)
-    create_topic(project, "bench-events", ["warm-up", "raw", "worker"])
+    create_topic(project, "bench-events", ["warm-up", "raw", "held", "worker"])
     attributes = {"content-type": STRUCTURED_CONTENT_TYPE}
     started = time.perf_counter()
     with PubSubPublisher(project) as publisher:
@@ -348,6 +374,7 @@ def main() -> int:
     # would be compared with a cold ceiling. One untimed drain warms it.
     warm_seconds = drain(project, "warm-up", count)
     raw_seconds = drain(project, "raw", count)
+    held_seconds = drain_held(project, "held", count)
     throughput = run_worker(project, "worker", count, THROUGHPUT_IDLE_SECONDS)
 
     # (c): steady rate from another process
@@ -367,6 +394,7 @@ def main() -> int:
         ("publish (client, structured)", count, publish_seconds),
         ("(a) raw pull + ack, warm-up (not used)", count, warm_seconds),
         ("(a) raw pull + ack", count, raw_seconds),
+        ("(a') raw, ack one pull behind", count, held_seconds),
         ("(b) worker, first pull to last ack", count, throughput.seconds),
         (f"(c) worker at {args.rate:g}/s", latency_count, latency.seconds),
     ]
@@ -381,6 +409,9 @@ def main() -> int:
             "(c) publish->action committed", latency.store.action_latency, "actions"
         )
     )
+    held_rate = count / held_seconds
+    print(f"(a') / (a) = {held_rate / raw_rate:.2f}, the cost of held messages")
+    print(f"ratio_vs_held_pull={worker_rate / held_rate:.2f}")
     print(f"ratio_vs_raw_pull={worker_rate / raw_rate:.2f}")
     return 0
 
