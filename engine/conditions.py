@@ -33,6 +33,7 @@ __all__ = [
     "PathTable",
     "compile_condition",
     "encode_value",
+    "find_condition_errors",
     "parse_condition",
     "read_path",
 ]
@@ -144,43 +145,91 @@ def parse_condition(raw: Any, where: tuple[str | int, ...] = ()) -> Condition:
     """Parse a condition from its rule-file form.
 
     Raises:
-        ConditionError: the condition is malformed; `.path` locates the part.
+        ConditionError: the condition is malformed; `.path` locates the
+            first part at fault (`find_condition_errors` lists every one).
+    """
+    errors: list[ConditionError] = []
+    condition = _parse(raw, where, errors)
+    if condition is None:
+        raise errors[0]
+    return condition
+
+
+def find_condition_errors(
+    raw: Any, where: tuple[str | int, ...] = ()
+) -> list[ConditionError]:
+    """Return every problem of a condition, in the order it is written."""
+    errors: list[ConditionError] = []
+    _parse(raw, where, errors)
+    return errors
+
+
+def _parse(
+    raw: Any, where: tuple[str | int, ...], errors: list[ConditionError]
+) -> Condition | None:
+    """Parse a condition, adding each problem to `errors`; None if any.
+
+    A problem does not stop the walk: the other keys, operators and list
+    items are still checked, so that one run of `validate` reports every
+    mistake of a condition.
     """
     if not isinstance(raw, dict) or not raw:
-        raise ConditionError(
-            "A condition must be a non-empty mapping of field paths or all/any.", where
+        errors.append(
+            ConditionError(
+                "A condition must be a non-empty mapping of field paths or all/any.",
+                where,
+            )
         )
+        return None
+    known = len(errors)
     parts: list[Condition] = []
     for key, value in raw.items():
         here = (*where, key)
         if key in ("all", "any"):
             if not isinstance(value, list) or not value:
-                raise ConditionError(
-                    f"'{key}' needs a non-empty list of conditions.", here
+                errors.append(
+                    ConditionError(
+                        f"'{key}' needs a non-empty list of conditions.", here
+                    )
                 )
-            items = tuple(
-                parse_condition(item, (*here, i)) for i, item in enumerate(value)
-            )
+                continue
+            parsed = [_parse(item, (*here, i), errors) for i, item in enumerate(value)]
+            items = tuple(item for item in parsed if item is not None)
             parts.append(AllOf(items) if key == "all" else AnyOf(items))
             continue
         if not isinstance(key, str) or not key or key.startswith(".") or ".." in key:
-            raise ConditionError(
-                f"{key!r} is not a field path such as data.amount.", here
-            )
-        if not isinstance(value, dict):
-            _check_operand(key, "eq", value, here)
-            parts.append(FieldTest(key, "eq", value))
-            continue
-        if not value:
-            raise ConditionError(f"The test on {key!r} names no operator.", here)
-        for op, operand in value.items():
-            if op not in OPERATORS:
-                raise ConditionError(
-                    f"{op!r} is not an operator; use one of {', '.join(OPERATORS)}.",
-                    (*here, op),
+            errors.append(
+                ConditionError(
+                    f"{key!r} is not a field path such as data.amount.", here
                 )
-            _check_operand(key, op, operand, (*here, op))
+            )
+            continue
+        tests = value if isinstance(value, dict) else {"eq": value}
+        if not tests:
+            errors.append(
+                ConditionError(f"The test on {key!r} names no operator.", here)
+            )
+        for op, operand in tests.items():
+            # Shorthand equality is located at the path, an operator at itself.
+            place = (*here, op) if isinstance(value, dict) else here
+            if op not in OPERATORS:
+                errors.append(
+                    ConditionError(
+                        f"{op!r} is not an operator; use one of "
+                        f"{', '.join(OPERATORS)}.",
+                        place,
+                    )
+                )
+                continue
+            try:
+                _check_operand(key, op, operand, place)
+            except ConditionError as error:
+                errors.append(error)
+                continue
             parts.append(FieldTest(key, op, operand))
+
+    if len(errors) > known:
+        return None
     return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
 
 

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from engine.conditions import Condition, ConditionError, parse_condition
+from engine.conditions import Condition, find_condition_errors, parse_condition
 from engine.durations import DurationError, parse_duration
 
 __all__ = [
@@ -449,7 +449,7 @@ class RuleFile(_Model):
 
 
 def check_conditions(rule: RuleSpec) -> list[tuple[tuple[str | int, ...], str]]:
-    """Return (location, message) for every malformed condition of a rule."""
+    """Return (location, message) for every problem of every condition of a rule."""
     found: list[tuple[tuple[str | int, ...], str]] = []
     sides: list[tuple[tuple[str | int, ...], dict[str, Any] | None]] = [
         (("when",), rule.when)
@@ -462,8 +462,7 @@ def check_conditions(rule: RuleSpec) -> list[tuple[tuple[str | int, ...], str]]:
     for where, raw in sides:
         if raw is None:
             continue
-        try:
-            parse_condition(raw, where)
-        except ConditionError as error:
-            found.append((error.path, str(error)))
+        found += [
+            (error.path, str(error)) for error in find_condition_errors(raw, where)
+        ]
     return found

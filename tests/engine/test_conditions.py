@@ -23,6 +23,7 @@ from engine.conditions import (
     PathTable,
     compile_condition,
     encode_value,
+    find_condition_errors,
     iter_paths,
     parse_condition,
     read_path,
@@ -132,6 +133,53 @@ def test_malformed_conditions_are_refused_with_their_place(
 
     assert list(caught.value.path) == case["path"]
     assert case["message"] in str(caught.value)
+
+
+def test_every_problem_of_a_condition_is_found_in_written_order() -> None:
+    """A mistake does not hide the ones after it; parsing raises the first."""
+    when = {
+        "data.a": {"gt": "10", "lt": True},
+        "data.b": {"between": [1, 2]},
+        "any": [{"data.c": 1}, {}, {"data..d": 1}],
+        "data.e": 5,
+    }
+
+    errors = find_condition_errors(when, ("when",))
+    with pytest.raises(ConditionError) as caught:
+        parse_condition(when, ("when",))
+
+    assert [(list(error.path), str(error)) for error in errors] == [
+        (
+            ["when", "data.a", "gt"],
+            "The operator 'gt' on 'data.a' needs a number, not '10'.",
+        ),
+        (
+            ["when", "data.a", "lt"],
+            "The operator 'lt' on 'data.a' needs a number, not True.",
+        ),
+        (
+            ["when", "data.b", "between"],
+            "'between' is not an operator; use one of eq, ne, gt, gte, lt, lte, "
+            "in, exists, prefix, contains.",
+        ),
+        (
+            ["when", "any", 1],
+            "A condition must be a non-empty mapping of field paths or all/any.",
+        ),
+        (
+            ["when", "any", 2, "data..d"],
+            "'data..d' is not a field path such as data.amount.",
+        ),
+    ]
+    assert (list(caught.value.path), str(caught.value)) == (
+        ["when", "data.a", "gt"],
+        "The operator 'gt' on 'data.a' needs a number, not '10'.",
+    )
+
+
+def test_a_sound_condition_has_no_problems() -> None:
+    """Every well-formed case of the matching table gives an empty list."""
+    assert [find_condition_errors(case["when"]) for case in CASES] == [[]] * len(CASES)
 
 
 def test_iter_paths_lists_each_path_once_in_first_use_order() -> None:
