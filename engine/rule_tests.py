@@ -260,6 +260,26 @@ _FIELD_NAMES = sorted(
 )
 
 
+# Keys that name a field of a rule test by another word, by the list they
+# are written in. `time` is the CloudEvents attribute, so it is what an
+# event's time is most often called; a spelling check would not find `at`.
+_OTHER_NAMES: dict[str, dict[str, str]] = {
+    "events": {"time": "at"},
+    "expect": {"time": "at"},
+    "series": {"time": "start"},
+}
+
+
+def _meant_field(loc: tuple[str | int, ...]) -> str | None:
+    """Return the field that an unknown key at `loc` most likely means."""
+    unknown = str(loc[-1])
+    lists = [part for part in loc[:-1] if part in _OTHER_NAMES]
+    if lists and unknown in _OTHER_NAMES[str(lists[-1])]:
+        return _OTHER_NAMES[str(lists[-1])][unknown]
+    close = difflib.get_close_matches(unknown, _FIELD_NAMES, n=1)
+    return close[0] if close else None
+
+
 def load_test_file(path: str | Path) -> list[RuleTestCase]:
     """Read and check a rule test file.
 
@@ -305,9 +325,8 @@ def _problem(
 def _explain(error: dict[str, Any]) -> tuple[str, str | None]:
     """Word one pydantic finding about a test file: a sentence and a hint."""
     if error["type"] == "extra_forbidden":
-        unknown = str(error["loc"][-1])
-        close = difflib.get_close_matches(unknown, _FIELD_NAMES, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else "remove it"
+        meant = _meant_field(tuple(error["loc"]))
+        hint = f"did you mean {meant!r}?" if meant else "remove it"
         return "This is not a field of a rule test.", hint
     if error["type"] == "missing" and error["loc"]:
         return "This field is required.", f"add '{error['loc'][-1]}'"

@@ -122,6 +122,19 @@ def test_a_malformed_test_file_is_refused_with_its_place(
     assert str(raised.value) == case["error"].replace("{file}", str(path))
 
 
+def test_an_expected_action_with_time_is_told_to_use_at() -> None:
+    """The CloudEvents name of the time is not a field; the hint names 'at'."""
+    path = INVALID / "expect_time_instead_of_at.yaml"
+
+    with pytest.raises(RuleTestError) as raised:
+        load_test_file(path)
+
+    assert str(raised.value).splitlines()[0] == (
+        f"{path}:7:7: tests.0.expect.list[ExpectedAction].0.time: This is not a "
+        "field of a rule test. (hint: did you mean 'at'?)"
+    )
+
+
 def test_an_event_the_engine_would_reject_makes_its_case_an_error() -> None:
     """Test events pass the same checks as real ones."""
     (result,) = run_test_files([INVALID / "bad_event_data.yaml"], CASES.parent)
