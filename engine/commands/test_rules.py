@@ -18,8 +18,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run rule tests: events in, expected actions out",
         description=(
             "Run the cases of rule test files (YAML with a 'tests' list) and "
-            "print PASS or FAIL for each, with the differences between the "
-            "expected and the actual actions. Exits 1 when any case fails."
+            "print PASS, FAIL or ERROR for each, with the differences between "
+            "the expected and the actual actions; ERROR is a case that could "
+            "not run, such as one whose rules do not load. Exits 1 when any "
+            "case fails or is an error."
         ),
     )
     parser.add_argument("path", help="a rule test file, or a directory of them")
@@ -32,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the tests and return 1 if any case did not pass."""
+    """Run the tests and return 1 if any case failed or could not run."""
     root = Path(args.path)
     if root.is_dir():
         paths = sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml"))
@@ -43,12 +45,12 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         raise ConfigurationError(f"The directory {args.path!r} holds no .yaml files.")
 
-    passed = failed = 0
+    # A case that could not run (its rules or its file did not load) is
+    # an error, not a failure: the rules were never checked against it.
+    counts = {"pass": 0, "fail": 0, "error": 0}
     for result in run_test_files(paths, args.rules):
         print(render_result(result))
-        if result.status == "pass":
-            passed += 1
-        else:
-            failed += 1
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+        counts[result.status] += 1
+    errors = "1 error" if counts["error"] == 1 else f"{counts['error']} errors"
+    print(f"{counts['pass']} passed, {counts['fail']} failed, {errors}")
+    return 1 if counts["fail"] or counts["error"] else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,14 @@ INVALID_CASES: list[dict[str, Any]] = yaml.safe_load(
     (FIXTURES / "rule_tests_invalid.yaml").read_text(encoding="utf-8")
 )
 START = 1_704_067_200.0  # 2024-01-01T00:00:00Z
+BROKEN_RULES_CASE = """\
+tests:
+  - name: rules that do not load
+    rules: {rules}
+    events:
+      - {{type: shop.order_placed}}
+    expect: none
+"""
 
 
 def test_a_passing_file_passes_every_case() -> None:
@@ -181,7 +190,38 @@ def test_the_command_exits_1_and_counts_when_a_case_fails(
         "PASS",
         "5",
     ]
-    assert out[-1] == "5 passed, 1 failed"
+    assert out[-1] == "5 passed, 1 failed, 0 errors"
+
+
+@pytest.mark.parametrize(
+    ("files", "summary"),
+    [
+        (["passing.yaml", "failing.yaml"], "5 passed, 1 failed, 1 error"),
+        ([], "0 passed, 0 failed, 1 error"),
+    ],
+)
+def test_a_case_whose_rules_do_not_load_counts_as_an_error(
+    files: list[str],
+    summary: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Errors are counted apart from failures and still make the exit 1."""
+    for name in files:
+        shutil.copy(CASES / name, tmp_path / name)
+    broken = FIXTURES / "rules" / "invalid" / "bad_condition.yaml"
+    (tmp_path / "unloadable.yaml").write_text(
+        BROKEN_RULES_CASE.format(rules=broken), encoding="utf-8"
+    )
+
+    status = main(
+        ["--log-level", "error", "test", str(tmp_path), "--rules", str(CASES.parent)]
+    )
+
+    out = capsys.readouterr().out.splitlines()
+    assert status == 1
+    assert f"ERROR {tmp_path / 'unloadable.yaml'}: rules that do not load" in out
+    assert out[-1] == summary
 
 
 def test_the_shipped_rule_tests_pass(capsys: pytest.CaptureFixture[str]) -> None:
@@ -190,6 +230,6 @@ def test_the_shipped_rule_tests_pass(capsys: pytest.CaptureFixture[str]) -> None
 
     out = capsys.readouterr().out.splitlines()
     assert [line for line in out if not line.startswith("PASS")] == [
-        f"{len(out) - 1} passed, 0 failed"
+        f"{len(out) - 1} passed, 0 failed, 0 errors"
     ]
     assert status == 0
