@@ -6,6 +6,7 @@ import argparse
 
 import orjson
 
+from engine.commands.arguments import whole_number
 from engine.loader import load_rules
 from engine.rule_diff import diff_mapping, diff_rule_sets, render_diff
 
@@ -28,9 +29,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--after", required=True, help="rules directory after")
     parser.add_argument(
         "--examples",
-        type=int,
+        type=whole_number(0),
         default=3,
-        help="examples shown per rule and kind (default: 3)",
+        help="examples shown per rule and kind, 0 or more (default: 3)",
     )
     parser.add_argument(
         "--format",

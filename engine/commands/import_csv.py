@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from engine.commands.arguments import positive_number
 from engine.csv_import import (
     CountMode,
     ImportMode,
@@ -53,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--end", help="drop rows from this time on (after shifting)")
     parser.add_argument(
         "--bucket-seconds",
-        type=float,
+        type=positive_number,
         help="bucket width (default: the median gap between rows)",
     )
     parser.add_argument("--id-prefix", default="csv", help="event id prefix")

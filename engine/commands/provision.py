@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from engine.commands.arguments import whole_number
 from infra.pubsub import provision
 
 __all__ = ["register"]
@@ -37,12 +38,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--dead-letter-subscription",
         help=("subscription that keeps dead letters (default: DEAD_LETTER_TOPIC-kept)"),
     )
+    # Pub/Sub's own bounds: an ack deadline of 10 to 600 seconds and 5 to
+    # 100 delivery attempts. Checked here, so that a wrong value stops the
+    # command before it creates the first of its resources.
     parser.add_argument(
-        "--ack-deadline", type=int, default=60, help="seconds (default: 60)"
+        "--ack-deadline",
+        type=whole_number(10, 600),
+        default=60,
+        help="seconds, 10 to 600 (default: 60)",
     )
     parser.add_argument(
         "--max-delivery-attempts",
-        type=int,
+        type=whole_number(5, 100),
         default=5,
         help="deliveries before a message is dead-lettered, 5 to 100 (default: 5)",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from engine.commands.arguments import positive_number
 from infra.pubsub import PubSubPublisher
 from infra.stream_publisher import TokenBucket, publish_stream
 
@@ -26,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--project", required=True, help="Google Cloud project id")
     parser.add_argument("--topic", required=True, help="topic id or full path")
     parser.add_argument(
-        "--rate", type=float, help="publish at most this many messages per second"
+        "--rate",
+        type=positive_number,
+        help="publish at most this many messages per second",
     )
     parser.add_argument(
         "--binary",

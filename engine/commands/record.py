@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from contextlib import ExitStack
 
-from engine.errors import ConfigurationError
+from engine.commands.arguments import positive_number, whole_number
 from infra.pubsub import PubSubSource
 from infra.stream_recorder import open_output, record_subscription
 
@@ -37,22 +37,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--exit-when-idle",
-        type=float,
+        type=positive_number,
         metavar="SECONDS",
         help="stop after this many seconds without a message",
     )
-    parser.add_argument("--max", type=int, metavar="N", help="stop after N messages")
+    parser.add_argument(
+        "--max", type=whole_number(1), metavar="N", help="stop after N messages"
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Record the subscription and print what was written and rejected."""
-    if args.max is not None and args.max < 1:
-        raise ConfigurationError(f"--max must be at least 1, not {args.max}.")
-    if args.exit_when_idle is not None and args.exit_when_idle <= 0:
-        raise ConfigurationError(
-            f"--exit-when-idle must be above 0 seconds, not {args.exit_when_idle:g}."
-        )
     with ExitStack() as stack:
         source = stack.enter_context(PubSubSource(args.project, args.subscription))
         out = stack.enter_context(open_output(args.out))

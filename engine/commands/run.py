@@ -11,6 +11,7 @@ from types import FrameType
 
 import structlog
 
+from engine.commands.arguments import positive_number, whole_number
 from engine.config import add_config_argument, build_registry, load_config
 from engine.durations import DurationError, parse_duration
 from engine.errors import ConfigurationError
@@ -57,13 +58,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--exit-when-idle",
-        type=float,
+        type=positive_number,
         metavar="SECONDS",
         help="exit after leading this many seconds without a message",
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=whole_number(1),
         default=2000,
         metavar="N",
         help="messages per commit at most (default 2000; an ordered "
@@ -71,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--commit-interval",
-        type=float,
+        type=positive_number,
         default=1.0,
         metavar="SECONDS",
         help="pull for at most this long before committing (default 1)",
@@ -81,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--max-attempts",
-        type=int,
+        type=whole_number(1),
         default=5,
         metavar="N",
         help="attempts of a failed action before it is dead-lettered (default 5)",
@@ -106,7 +107,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--lease-seconds",
-        type=float,
+        type=positive_number,
         default=30.0,
         metavar="SECONDS",
         help="lease length; a standby takes over this long after the leader "
@@ -117,7 +118,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=whole_number(0, 65535),
         default=0,
         metavar="PORT",
         help="serve /metrics, /healthz, /readyz and the status page on PORT "
@@ -194,26 +195,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace) -> WorkerOptions:
-    """Check the numeric options and build the worker's settings.
+    """Build the worker's settings; argparse has checked the numbers.
 
     Raises:
-        ConfigurationError: an option is out of range or not a duration.
+        ConfigurationError: a duration option is not a duration.
     """
-    for name, value, low in (
-        ("--batch-size", args.batch_size, 1),
-        ("--max-attempts", args.max_attempts, 1),
-    ):
-        if value < low:
-            raise ConfigurationError(f"{name} must be at least {low}, not {value}.")
-    for name, seconds in (
-        ("--exit-when-idle", args.exit_when_idle),
-        ("--commit-interval", args.commit_interval),
-        ("--lease-seconds", args.lease_seconds),
-    ):
-        if seconds is not None and seconds <= 0:
-            raise ConfigurationError(
-                f"{name} must be above 0 seconds, not {seconds:g}."
-            )
     retention = None
     if args.dedup_retention != "rules":
         retention = _duration("--dedup-retention", args.dedup_retention)

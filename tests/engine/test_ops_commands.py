@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from engine.cli import main
+from engine.errors import ConfigurationError
 from engine.events import parse_event_line
 from infra.pubsub import provision
 from infra.stream_publisher import TokenBucket
@@ -298,14 +299,16 @@ def test_token_bucket_sleeps_just_enough(
     assert slept == pytest.approx(sleeps)
 
 
-def test_rate_of_zero_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    """A rate that is not positive is a configuration error, exit status 2."""
-    status = main(
-        ["publish", str(VARIED), "--project", "p", "--topic", "t", "--rate", "0"]
-    )
+def test_rate_of_zero_is_refused() -> None:
+    """The bucket refuses a rate that is not positive from any caller.
 
-    assert status == 2
-    assert capsys.readouterr().err == "error: A rate must be above 0, not 0.\n"
+    The command line refuses it before it builds a bucket; its cases are
+    in test_command_arguments.py.
+    """
+    with pytest.raises(ConfigurationError) as refused:
+        TokenBucket(0)
+
+    assert str(refused.value) == "A rate must be above 0, not 0."
 
 
 @pytest.mark.emulator
