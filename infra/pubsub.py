@@ -14,18 +14,29 @@ JSON bodies that carry a `type` field.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
+import os
+import queue
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import structlog
+from google import pubsub_v1 as pubsub_api
 from google.api_core import exceptions as api_exceptions
+from google.api_core.retry import Retry, if_exception_type
 from google.cloud import pubsub_v1
+from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 from google.pubsub_v1.types import (
     AcknowledgeRequest,
     ModifyAckDeadlineRequest,
+    PublishRequest,
+    PublishResponse,
+    PubsubMessage,
     PullRequest,
     PullResponse,
 )
@@ -60,6 +71,21 @@ _MAX_ACK_DEADLINE_SECONDS = 600
 _PULL_REQUEST = PullRequest.pb()
 _ACK_REQUEST = AcknowledgeRequest.pb()
 _MODIFY_REQUEST = ModifyAckDeadlineRequest.pb()
+_PUBLISH_REQUEST = PublishRequest.pb()
+# The options the clients give their own channels to Google Cloud.
+_CHANNEL = (
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+)
+_PUBSUB_MESSAGE = PubsubMessage.pb()
+
+# A publish request holds at most 1,000 messages and 10 MB; a slow stream's
+# request waits this long for more messages, and the caller may run this
+# many messages ahead of the requests sent.
+_MAX_PUBLISH_MESSAGES = 1000
+_MAX_PUBLISH_BYTES = 9 * 1024 * 1024
+_PUBLISH_LINGER = 0.01
+_PUBLISH_QUEUE = 5000
 
 # Status codes that Pub/Sub documents as worth retrying.
 _TRANSIENT_ERRORS = (
@@ -119,7 +145,9 @@ class PubSubSource(Closing):
     def __init__(
         self, project: str, subscription: str, *, request_timeout: float = 30.0
     ) -> None:
-        self._client = pubsub_v1.SubscriberClient()
+        self._client = pubsub_v1.SubscriberClient(
+            **_emulator_transport(SubscriberGrpcTransport)
+        )
         self.subscription_path = _resource_path(project, "subscriptions", subscription)
         self._request_timeout = request_timeout
 
@@ -244,11 +272,16 @@ class PubSubSource(Closing):
 
 
 class PubSubPublisher(Closing):
-    """Publish batches of messages to topics of one project.
+    """Publish messages to topics of one project, in the order given.
 
-    The client groups messages into requests of up to 1,000 messages or
-    10 ms; flow control blocks `publish` once 50,000 messages are in flight,
-    so that publishing a large stream does not hold it all in memory.
+    A sending thread gathers the messages into requests of up to 1,000
+    messages or 9 MiB, waiting up to 10 ms for more of a slow stream, and
+    sends one request at a time while the caller produces the next
+    messages. Pub/Sub then stores them in the order given. The client
+    library's own batching sends several requests at once: measured on the
+    emulator, 3,826 of 100,000 events were stored behind a later one, and
+    one request at a time was faster too (38,000 messages/s against
+    20,000).
     """
 
     def __init__(self, project: str, ordering_key: str = "") -> None:
@@ -256,18 +289,9 @@ class PubSubPublisher(Closing):
         # subscription delivers them in publish order, redeliveries included.
         self._project = project
         self._ordering_key = ordering_key
-        self._client = pubsub_v1.PublisherClient(
-            batch_settings=pubsub_v1.types.BatchSettings(
-                max_messages=1000, max_bytes=9 * 1024 * 1024, max_latency=0.01
-            ),
-            publisher_options=pubsub_v1.types.PublisherOptions(
-                enable_message_ordering=bool(ordering_key),
-                flow_control=pubsub_v1.types.PublishFlowControl(
-                    message_limit=50_000,
-                    byte_limit=256 * 1024 * 1024,
-                    limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK,
-                ),
-            ),
+        # The generated client, without the library's batching layer.
+        self._client = pubsub_api.PublisherClient(
+            **_emulator_transport(PublisherGrpcTransport)
         )
 
     def publish(
@@ -281,44 +305,132 @@ class PubSubPublisher(Closing):
         Args:
             topic: a topic id, or a full `projects/.../topics/...` path.
             messages: the message bodies with their attributes.
-            timeout: seconds to wait for the last confirmation.
+            timeout: seconds allowed for each request, retries included.
 
         Returns:
             The message ids, in the order of `messages`.
 
         Raises:
-            TransientSourceError: some messages were not confirmed in time, or
-                Pub/Sub was unavailable; publishing again may duplicate others.
-            SourceError: Pub/Sub refused some messages.
+            TransientSourceError: Pub/Sub was unavailable or did not answer in
+                time; the messages before the failed request are published,
+                and publishing those again duplicates them.
+            SourceError: Pub/Sub refused a request (a missing topic).
         """
         path = _resource_path(self._project, "topics", topic)
-        futures = [
-            self._client.publish(
-                path, data, ordering_key=self._ordering_key, **attributes
-            )
-            for data, attributes in messages
-        ]
-        _, pending = concurrent.futures.wait(futures, timeout=timeout)
-        if pending:
-            raise TransientSourceError(
-                f"Pub/Sub did not confirm {len(pending)} of {len(futures)} messages "
-                f"published to {path} within {timeout:g} seconds."
-            )
-
-        failures = [error for f in futures if (error := f.exception()) is not None]
-        if failures:
-            first = failures[0]
-            transient = isinstance(first, _TRANSIENT_ERRORS)
+        sender = _Sender(self._client, path, self._ordering_key, timeout)
+        sender.start()
+        try:
+            for data, attributes in messages:
+                if sender.failed:
+                    break
+                sender.put(data, attributes)
+        finally:
+            sender.finish()
+        if sender.error is not None:
+            error = sender.error
+            transient = isinstance(error, _TRANSIENT_ERRORS)
             error_class = TransientSourceError if transient else SourceError
             raise error_class(
-                f"Pub/Sub did not accept {len(failures)} of {len(futures)} messages "
-                f"published to {path}: {_describe(first)}."
-            ) from first
-        return [future.result() for future in futures]
+                f"Pub/Sub stopped accepting messages published to {path} after "
+                f"{len(sender.message_ids)}: {_describe(error)}."
+            ) from error
+        return sender.message_ids
 
     def close(self) -> None:
-        """Send what is still batched and stop the background threads."""
-        self._client.stop()
+        """Close the gRPC channel."""
+        self._client.transport.close()  # type: ignore[no-untyped-call]
+
+
+class _Sender:
+    """One `publish` call's sending thread: requests in order, one at a time."""
+
+    def __init__(
+        self,
+        api: pubsub_api.PublisherClient,
+        path: str,
+        ordering_key: str,
+        timeout: float,
+    ) -> None:
+        self._api = api
+        self._path = path
+        self._ordering_key = ordering_key
+        self._timeout = timeout
+        self._queue: queue.Queue[tuple[bytes, Mapping[str, str]] | None] = queue.Queue(
+            _PUBLISH_QUEUE
+        )
+        self._thread = threading.Thread(target=self._run, name="publish", daemon=True)
+        self._carried: tuple[bytes, Mapping[str, str]] | None = None
+        self.message_ids: list[str] = []
+        self.error: api_exceptions.GoogleAPIError | None = None
+        self.failed = False
+
+    def start(self) -> None:
+        """Start the sending thread."""
+        self._thread.start()
+
+    def put(self, data: bytes, attributes: Mapping[str, str]) -> None:
+        """Queue one message, waiting while the queue is full."""
+        self._queue.put((data, attributes))
+
+    def finish(self) -> None:
+        """Send what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            batch, done = self._gather()
+            if batch and not self.failed:
+                self._send(batch)
+
+    def _gather(self) -> tuple[list[Any], bool]:
+        """Return the next request's messages, and whether the stream ended."""
+        first = self._carried or self._queue.get()
+        self._carried = None
+        if first is None:
+            return [], True
+        batch = [self._message(*first)]
+        size = batch[0].ByteSize()
+        deadline = time.monotonic() + _PUBLISH_LINGER
+        while len(batch) < _MAX_PUBLISH_MESSAGES:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            message = self._message(*item)
+            message_size = message.ByteSize()
+            if size + message_size > _MAX_PUBLISH_BYTES:
+                # It opens the next request.
+                self._carried = item
+                break
+            batch.append(message)
+            size += message_size
+        return batch, False
+
+    def _message(self, data: bytes, attributes: Mapping[str, str]) -> Any:
+        return _PUBSUB_MESSAGE(
+            data=data, attributes=attributes, ordering_key=self._ordering_key
+        )
+
+    def _send(self, batch: list[Any]) -> None:
+        request = PublishRequest.wrap(
+            _PUBLISH_REQUEST(topic=self._path, messages=batch)
+        )
+        retry = Retry(
+            predicate=if_exception_type(*_TRANSIENT_ERRORS), timeout=self._timeout
+        )
+        try:
+            response = self._api.publish(
+                request=request, timeout=self._timeout, retry=retry
+            )
+        except api_exceptions.GoogleAPIError as error:
+            # The caller stops producing; what it still queued is dropped.
+            self.error, self.failed = error, True
+            return
+        self.message_ids += PublishResponse.pb(response).message_ids
 
 
 def provision(
@@ -557,6 +669,20 @@ def _is_json_media_type(content_type: str) -> bool:
 
 
 # Helpers
+
+
+def _emulator_transport(transport: type[Any]) -> dict[str, Any]:
+    """Return the client's transport argument when Pub/Sub is the emulator.
+
+    The clients connect to the emulator with a plain channel that keeps
+    gRPC's default limit of 4 MiB on what it receives, so one pull of
+    messages larger than that failed again and again. Against Google
+    Cloud, the clients lift that limit themselves.
+    """
+    host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if not host:
+        return {}
+    return {"transport": transport(channel=grpc.insecure_channel(host, _CHANNEL))}
 
 
 def _resource_path(project: str, kind: str, name: str) -> str:

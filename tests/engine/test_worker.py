@@ -295,6 +295,28 @@ def test_worker_actions_equal_replay_actions(
     print(f"worker: {len(reference.lines) / seconds:.0f} events/s on the emulators")
 
 
+def test_a_stream_published_in_order_equals_replay_without_ordering(
+    unordered_backend: Backend, reference: Reference, tmp_path: Path
+) -> None:
+    """Without ordering keys, our publisher still stores the stream in order.
+
+    So on the emulator, whose unordered subscriptions deliver in stored
+    order, even an unordered worker decides exactly what replay decides.
+    """
+    with PubSubPublisher(unordered_backend.project) as publisher:
+        publisher.publish("events", ((line, {}) for line in reference.lines))
+    actions_out = tmp_path / "actions.jsonl"
+
+    worker = _start_worker(unordered_backend, actions_out, tmp_path / "worker.log")
+    status = worker.wait(timeout=180)
+    written = _lines([actions_out])
+
+    assert status == 0, (tmp_path / "worker.log").read_text()[-2000:]
+    assert set(written) == reference.actions
+    assert len(written) == len(reference.actions)
+    _assert_log_matches(unordered_backend, reference)
+
+
 # Interruptions
 
 

@@ -113,6 +113,87 @@ def test_published_messages_are_pulled_once_and_acknowledged(
     assert leftover == []
 
 
+def _pull_all(project: str, count: int) -> list[ReceivedMessage]:
+    """Pull and acknowledge `count` messages of the engine's subscription."""
+    received: list[ReceivedMessage] = []
+    with PubSubSource(project, "engine") as source:
+        while len(received) < count:
+            batch = source.pull(max_messages=1000, timeout=5)
+            assert batch, f"the pull came back empty after {len(received)} messages"
+            source.ack([message.ack_id for message in batch])
+            received.extend(batch)
+    return received
+
+
+@pytest.mark.emulator
+def test_messages_are_stored_in_the_order_published(engine_project: str) -> None:
+    """20,000 messages in one call arrive in exactly the order given.
+
+    Several requests in flight at once let later messages overtake earlier
+    ones (the client library's batching did so for a few percent).
+    """
+    count = 20_000
+    with PubSubPublisher(engine_project) as publisher:
+        message_ids = publisher.publish(
+            "events", ((b"{}", {"n": str(n)}) for n in range(count))
+        )
+
+    received = _pull_all(engine_project, count)
+
+    assert [int(m.attributes["n"]) for m in received] == list(range(count))
+    assert [m.message_id for m in received] == message_ids
+
+
+@pytest.mark.emulator
+def test_large_messages_are_split_across_requests(engine_project: str) -> None:
+    """Three 4 MiB messages exceed one request's 9 MiB and still all arrive."""
+    bodies = [bytes([65 + n]) * (4 * 1024 * 1024) for n in range(3)]
+    with PubSubPublisher(engine_project) as publisher:
+        message_ids = publisher.publish("events", ((b, {}) for b in bodies))
+
+    received = _pull_all(engine_project, 3)
+
+    assert len(set(message_ids)) == 3
+    assert [m.message_id for m in received] == message_ids
+    assert [m.data for m in received] == bodies
+
+
+@pytest.mark.emulator
+def test_publish_to_missing_topic_is_a_source_error(
+    pubsub_emulator_host: str, project_id: str
+) -> None:
+    """A topic that does not exist is refused, naming it, after no message."""
+    with (
+        PubSubPublisher(project_id) as publisher,
+        pytest.raises(SourceError) as caught,
+    ):
+        publisher.publish("nowhere", ((b"{}", {}) for _ in range(5000)))
+
+    assert type(caught.value) is SourceError
+    assert str(caught.value) == (
+        f"Pub/Sub stopped accepting messages published to "
+        f"projects/{project_id}/topics/nowhere after 0: Topic not found."
+    )
+
+
+def test_publish_to_unreachable_pubsub_is_transient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With nothing listening, publishing fails in a way worth retrying."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{_free_port()}")
+
+    with (
+        PubSubPublisher("test-offline") as publisher,
+        pytest.raises(TransientSourceError) as caught,
+    ):
+        publisher.publish("events", [(b"{}", {})], timeout=1.0)
+
+    assert str(caught.value).startswith(
+        "Pub/Sub stopped accepting messages published to "
+        "projects/test-offline/topics/events after 0: "
+    )
+
+
 @pytest.mark.emulator
 def test_nacked_message_is_delivered_again(engine_project: str) -> None:
     """A nack hands the message back at once, counted as a second attempt."""
