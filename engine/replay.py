@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 
@@ -154,6 +154,50 @@ def _buffered(stream: IO[bytes]) -> IO[bytes]:
     return io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[type-var]
 
 
+class _LineEndKeeper(io.RawIOBase):
+    """Pass a stream's bytes on, keeping those after the last line end.
+
+    A buffered reader that meets a failed read (a truncated gzip file, a
+    disk error) drops the line it was in the middle of; `partial` returns
+    that line so that a replay can account for it.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        # A BufferedReader or a GzipFile (see `open_stream`); typeshed
+        # types them apart from IO[bytes]. `readinto1` reads once, so a
+        # failure loses no whole line already decompressed.
+        self._stream = cast(io.BufferedIOBase, stream)
+        self._since_line_end: list[bytes] = []
+
+    def readable(self) -> bool:
+        """Return True: this stream is read."""
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        """Read once into `buffer` and note what follows its last line end."""
+        view = memoryview(buffer)
+        count = self._stream.readinto1(view)
+        # Lines are short: the end of the chunk is searched first, and only
+        # a chunk with no line end there is copied whole.
+        end = view[max(count - _END_WINDOW, 0) : count].tobytes()
+        cut = end.rfind(b"\n")
+        if cut < 0 and count > _END_WINDOW:
+            end = view[:count].tobytes()
+            cut = end.rfind(b"\n")
+        if cut < 0:
+            self._since_line_end.append(end)
+        else:
+            self._since_line_end = [end[cut + 1 :]]
+        return count
+
+    def partial(self) -> bytes:
+        """Return the bytes read after the last line end."""
+        return b"".join(self._since_line_end)
+
+
+_END_WINDOW = 4096
+
+
 def replay_stream(
     events_path: str | Path,
     ruleset: RuleSet,
@@ -198,11 +242,15 @@ def replay_stream(
         return taken
 
     error: BaseException | None = None
+    number = 0
+    stream = open_stream(events_path)
+    keeper = _LineEndKeeper(stream)
     try:
-        with open_stream(events_path) as stream:
+        with stream:
+            lines = io.BufferedReader(keeper, buffer_size=1 << 20)
             # `iter_numbered_lines`, written out: a generator costs a frame
             # switch and a tuple per line.
-            for number, line in enumerate(_buffered(stream), start=1):
+            for number, line in enumerate(lines, start=1):
                 if len(line) <= 2 and not line.strip(_JSON_SPACE):
                     continue
                 read += 1
@@ -241,15 +289,27 @@ def replay_stream(
         # so far stands, and the message says where it stopped.
         error = caught
     settle(confirmed=False)
+    cut = keeper.partial() if error is not None else b""
+    cut_short = bool(cut.strip(_JSON_SPACE))
+    if cut_short:
+        # The reader drops the line it was in when the stream failed; that
+        # line was read all the same, so it is counted and rejected. It may
+        # even parse, but without its line end it is not known to be whole.
+        number += 1
+        read += 1
+        truncated = EventRejected(
+            "truncated",
+            "The line is cut short: the file could not be read past it, so "
+            "it is not a whole event.",
+        )
+        reject(number, truncated, cut)
     summary.read, summary.accepted = read, accepted
     summary.seconds = time.perf_counter() - started
     if bar is not None:
         bar.close()
     if error is not None:
         raise ReplayIncomplete(
-            f"The event file {str(events_path)!r} could not be read after line "
-            f"{read}: {error}.",
-            summary,
+            _incomplete_message(events_path, number, cut_short, error), summary
         ) from error
     return summary
 
@@ -267,6 +327,18 @@ def _agree(
         return False
     times = [event.ts for _, _, event, _ in suspects]
     return max(times) - min(times) <= bound
+
+
+def _incomplete_message(
+    events_path: str | Path, number: int, cut_short: bool, error: BaseException
+) -> str:
+    name = str(events_path)
+    if cut_short:
+        return (
+            f"The event file {name!r} could not be read past line {number}, "
+            f"which is cut short and rejected as truncated: {error}."
+        )
+    return f"The event file {name!r} could not be read after line {number}: {error}."
 
 
 def _write_actions(actions: list[Any], actions_out: IO[bytes] | None) -> None:

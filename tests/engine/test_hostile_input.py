@@ -203,20 +203,144 @@ def test_a_truncated_gzip_stream_keeps_every_whole_line(tmp_path: Path) -> None:
     packed = gzip.compress(("\n".join(lines) + "\n").encode())
     stream = tmp_path / "s.jsonl.gz"
     stream.write_bytes(packed[: len(packed) // 2])
-    readable = _whole_lines(packed[: len(packed) // 2])
+    readable, partial = _recoverable(packed[: len(packed) // 2])
+    assert partial  # the cut falls inside a line
 
     with pytest.raises(ReplayIncomplete) as caught:
         replay_stream(stream, load_rules(ROOT / "rules"))
 
     summary = caught.value.summary
-    assert summary.read == summary.accepted == readable
-    assert f"could not be read after line {readable}" in str(caught.value)
+    assert (summary.read, summary.accepted) == (readable + 1, readable)
+    assert dict(summary.rejected) == {"truncated": 1}
+    assert f"could not be read past line {readable + 1}, which is cut short" in str(
+        caught.value
+    )
 
 
-def _whole_lines(truncated: bytes) -> int:
-    """Count the complete lines zlib can recover from a truncated gzip."""
+def _recoverable(truncated: bytes) -> tuple[int, bytes]:
+    """Return the complete lines zlib recovers from a truncated gzip, and the rest."""
     text = zlib.decompressobj(wbits=31).decompress(truncated)
-    return text.count(b"\n")
+    return text.count(b"\n"), text[text.rfind(b"\n") + 1 :]
+
+
+def _gzip_ending_after(text: bytes) -> bytes:
+    """Return a gzip stream that holds `text`, then ends without its trailer."""
+    packer = zlib.compressobj(wbits=31)
+    return packer.compress(text) + packer.flush(zlib.Z_SYNC_FLUSH)
+
+
+_E0, _E1 = _shop(0, "2024-06-01T00:00:00Z"), _shop(1, "2024-06-01T00:00:01Z")
+_LONG = '{"id":"' + "x" * (3 << 20)
+
+# The text a truncated gzip holds; the lines read, accepted and dead-lettered
+# (line, reason); and how the error says where reading stopped.
+TRUNCATED_GZIP_CASES = [
+    (
+        "a cut inside an event, after a blank line",
+        f"{_E0}\n\n{_E1}\n{_E1[:20]}",
+        (3, 2, [(4, "truncated")]),
+        "could not be read past line 4, which is cut short and rejected as truncated",
+    ),
+    (
+        "a cut just before a line end: the event may be whole, but is not known",
+        f"{_E0}\n{_E1}",
+        (2, 1, [(2, "truncated")]),
+        "could not be read past line 2, which is cut short and rejected as truncated",
+    ),
+    (
+        "a cut inside the first line",
+        _E0[:5],
+        (1, 0, [(1, "truncated")]),
+        "could not be read past line 1, which is cut short and rejected as truncated",
+    ),
+    (
+        "a cut line longer than the search from a read's end",
+        f"{_E0}\n" + '{"id":"' + "x" * 5000,
+        (2, 1, [(2, "truncated")]),
+        "could not be read past line 2, which is cut short and rejected as truncated",
+    ),
+    (
+        "a cut line longer than one read",
+        f"{_E0}\n{_LONG}",
+        (2, 1, [(2, "truncated")]),
+        "could not be read past line 2, which is cut short and rejected as truncated",
+    ),
+    (
+        "a cut at a line end",
+        f"{_E0}\n{_E1}\n",
+        (2, 2, []),
+        "could not be read after line 2",
+    ),
+    (
+        "a cut after spaces, which make no line",
+        f"{_E0}\n  ",
+        (1, 1, []),
+        "could not be read after line 1",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "counts", "stopped"),
+    [case[1:] for case in TRUNCATED_GZIP_CASES],
+    ids=[case[0] for case in TRUNCATED_GZIP_CASES],
+)
+def test_a_line_a_truncated_gzip_cuts_short_is_read_and_rejected(
+    tmp_path: Path,
+    text: str,
+    counts: tuple[int, int, list[tuple[int, str]]],
+    stopped: str,
+) -> None:
+    """The cut line is counted, dead-lettered as truncated, and named."""
+    stream, dead = tmp_path / "s.jsonl.gz", tmp_path / "dead.jsonl"
+    stream.write_bytes(_gzip_ending_after(text.encode()))
+
+    with dead.open("wb") as dead_out, pytest.raises(ReplayIncomplete) as caught:
+        replay_stream(stream, load_rules(ROOT / "rules"), None, dead_out)
+
+    summary = caught.value.summary
+    read, accepted, dead_letters = counts
+    assert (summary.read, summary.accepted) == (read, accepted)
+    assert summary.rejected_total == len(dead_letters)
+    assert _dead_letters(dead) == dead_letters
+    assert str(caught.value) == (
+        f"The event file '{stream}' {stopped}: Compressed file ended before the "
+        "end-of-stream marker was reached."
+    )
+
+
+def test_a_truncated_gzip_dead_letters_the_cut_line_as_read(tmp_path: Path) -> None:
+    """The dead letter holds the cut line's bytes and says why it is refused."""
+    stream, dead = tmp_path / "s.jsonl.gz", tmp_path / "dead.jsonl"
+    stream.write_bytes(_gzip_ending_after(f"{_E0}\n{_E1[:30]}".encode()))
+
+    with dead.open("wb") as dead_out, pytest.raises(ReplayIncomplete):
+        replay_stream(stream, load_rules(ROOT / "rules"), None, dead_out)
+
+    assert [orjson.loads(text) for text in dead.read_text().splitlines()] == [
+        {
+            "line": 2,
+            "reason": "truncated",
+            "error": "The line is cut short: the file could not be read past "
+            "it, so it is not a whole event.",
+            "raw": _E1[:30],
+        }
+    ]
+
+
+def test_a_plain_stream_cut_inside_its_last_line_rejects_that_line(
+    tmp_path: Path,
+) -> None:
+    """A last line without its line end that is not whole JSON is rejected."""
+    stream, dead = tmp_path / "s.jsonl", tmp_path / "dead.jsonl"
+    stream.write_text(f"{_E0}\n\n{_E1[:20]}")
+
+    with dead.open("wb") as dead_out:
+        summary = replay_stream(stream, load_rules(ROOT / "rules"), None, dead_out)
+
+    assert (summary.read, summary.accepted) == (2, 1)
+    assert dict(summary.rejected) == {"invalid_json": 1}
+    assert _dead_letters(dead) == [(3, "invalid_json")]
 
 
 HOSTILE_RULE_FILES = [
