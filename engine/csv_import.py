@@ -41,6 +41,8 @@ from engine.event_data import DATA_MODELS, METRIC_FIELDS, describe_validation_er
 from engine.synthetic_data import DataSynthesiser, ProjectPool, synthesiser_for
 
 __all__ = [
+    "MAX_COUNT_PER_ROW",
+    "MAX_EVENTS",
     "CountMode",
     "ImportMode",
     "ImportOptions",
@@ -111,6 +113,15 @@ def format_millis(ms: int) -> str:
 # Counts above this in one row are refused rather than expanded: one row of
 # a real series that says 10**12 is a unit mistake, not a workload.
 MAX_COUNT_PER_ROW = 1_000_000
+
+# An import writes at most this many events unless told otherwise
+# (`ImportOptions.max_events`, `--max-events`), some 15 GB of JSON lines or
+# over 1 GB gzipped:
+# 1. rows that each stay under MAX_COUNT_PER_ROW can still add up to more
+#    than a disk holds;
+# 2. the total is known before the first event is written, so the import is
+#    refused then, not when the disk fills up.
+MAX_EVENTS = 50_000_000
 
 
 def spread_times(start_ms: int, width_ms: int, count: int) -> list[int]:
@@ -279,7 +290,7 @@ class ImportOptions:
 
     `shift_to_ms` moves the series so that its first row lands there;
     `start_ms` (inclusive) and `end_ms` (exclusive) then clip the shifted
-    rows by bucket start.
+    rows by bucket start. `max_events` caps the events of the whole import.
     """
 
     event_type: str
@@ -289,6 +300,7 @@ class ImportOptions:
     shift_to_ms: int | None = None
     start_ms: int | None = None
     end_ms: int | None = None
+    max_events: int = MAX_EVENTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +352,8 @@ def generate_events(
     Raises:
         ConfigurationError: a row does not fit the mode (a count that is
             not a whole number of zero or more, a value the type's model
-            rejects), or the mode does not fit the event type.
+            rejects), the rows add up to more than `options.max_events`
+            events, or the mode does not fit the event type.
     """
     if options.shift_to_ms is not None:
         series = series.shifted_to(options.shift_to_ms)
@@ -357,6 +370,7 @@ def _count_events(
     projects = mode.projects or ProjectPool.build(seed=options.seed)
     synthesise = synthesiser_for(options.event_type, projects)
     counts: list[int] = []
+    total = 0
     for row in series.rows:
         if row.value < 0 or not row.value.is_integer():
             raise ConfigurationError(
@@ -370,7 +384,20 @@ def _count_events(
                 "series, or split its buckets)."
             )
         counts.append(int(row.value))
+        total += counts[-1]
+        if total > options.max_events:
+            raise _too_many_events(series.path, row, total, options.max_events)
     return _spread_events(series, counts, synthesise, options)
+
+
+def _too_many_events(
+    path: str, row: SeriesRow, total: int, limit: int
+) -> ConfigurationError:
+    return ConfigurationError(
+        f"Line {row.line} of {path} brings the import to {total:,} events, over "
+        f"its limit of {limit:,}; nothing was written. Clip the series (--start, "
+        "--end), rescale it, or raise the limit (--max-events)."
+    )
 
 
 def _spread_events(
@@ -398,6 +425,13 @@ def _value_events(
     if options.event_type == "metrics.sampled" and mode.field not in METRIC_FIELDS:
         raise ConfigurationError(
             f"The field {mode.field!r} is not a metric of metrics.sampled events."
+        )
+
+    if len(series.rows) > options.max_events:
+        # One event per row: the first row past the limit is the one named.
+        first_over = series.rows[options.max_events]
+        raise _too_many_events(
+            series.path, first_over, options.max_events + 1, options.max_events
         )
 
     as_integer = mode.field in _INTEGER_METRICS

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 
-from engine.commands.arguments import positive_number
+from engine.commands.arguments import positive_number, whole_number
 from engine.csv_import import (
+    MAX_EVENTS,
     CountMode,
     ImportMode,
     ImportOptions,
@@ -60,6 +61,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--id-prefix", default="csv", help="event id prefix")
     parser.add_argument("--source", default="/csv-import", help="CloudEvents source")
     parser.add_argument("--seed", type=int, default=0, help="seed of synthesised data")
+    parser.add_argument(
+        "--max-events",
+        type=whole_number(1),
+        default=MAX_EVENTS,
+        help=f"refuse to write more events than this (default {MAX_EVENTS:,})",
+    )
     parser.set_defaults(run=run)
 
 
@@ -92,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         shift_to_ms=_time_option("--shift-to", args.shift_to),
         start_ms=_time_option("--start", args.start),
         end_ms=_time_option("--end", args.end),
+        max_events=args.max_events,
     )
     count = import_csv(args.csv, args.out, mode, options, args.bucket_seconds)
     print(f"{count} events written to {args.out}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gzip
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,56 @@ def test_counts_mode_refuses_an_absurd_count_before_expanding_it(
         f"Line 3 of {source} has the count 1e+12; a row may count at most "
         "1,000,000 events (rescale the series, or split its buckets)."
     )
+
+
+# counts.csv holds 3, 0, 7 and 1 events on lines 2 to 5 (running totals 3,
+# 3, 10, 11); values.csv holds one event on each of lines 2 to 4. Each case
+# gives the limit, then the events made or the (line, total) refused.
+EVENT_LIMIT_CASES = [
+    ("counts at the limit", "counts.csv", CountMode(), 11, 11),
+    ("counts one over", "counts.csv", CountMode(), 10, (5, 11)),
+    ("counts over mid-series", "counts.csv", CountMode(), 9, (4, 10)),
+    ("counts over at the first row", "counts.csv", CountMode(), 2, (2, 3)),
+    ("values at the limit", "values.csv", ValueMode("activeUsers"), 3, 3),
+    ("values one over", "values.csv", ValueMode("activeUsers"), 2, (4, 3)),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "limit", "expected"),
+    [case[1:] for case in EVENT_LIMIT_CASES],
+    ids=[case[0] for case in EVENT_LIMIT_CASES],
+)
+def test_an_import_past_its_event_limit_is_refused_naming_row_and_total(
+    name: str, mode: ImportMode, limit: int, expected: int | tuple[int, int]
+) -> None:
+    """The first row that takes the total past the limit fails the import."""
+    series = read_series(fixture(name))
+    base = SAMPLES if isinstance(mode, ValueMode) else CONTRIBUTIONS
+    options = replace(base, max_events=limit)
+
+    if isinstance(expected, int):
+        assert len(list(generate_events(series, mode, options))) == expected
+        return
+    with pytest.raises(ConfigurationError) as error:
+        generate_events(series, mode, options)
+
+    line, total = expected
+    assert str(error.value) == (
+        f"Line {line} of {series.path} brings the import to {total} events, over "
+        f"its limit of {limit}; nothing was written. Clip the series (--start, "
+        "--end), rescale it, or raise the limit (--max-events)."
+    )
+
+
+def test_the_event_limit_is_fifty_million_unless_told() -> None:
+    """Options and the command default to the same limit."""
+    parser = argparse.ArgumentParser()
+    import_csv_command.register(parser.add_subparsers(dest="command"))
+    argv = ["import-csv", "in.csv", "--out", "o.jsonl", "--type", "t", "--counts"]
+
+    assert parser.parse_args(argv).max_events == 50_000_000
+    assert ImportOptions(event_type="t").max_events == 50_000_000
 
 
 def test_seed_changes_the_data_but_not_the_times_or_ids() -> None:
@@ -455,3 +506,43 @@ def test_import_csv_command_refuses_bad_options(
 
     with pytest.raises(ConfigurationError, match=says):
         _run_command(argv)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_import_csv_command_past_max_events_writes_nothing(
+    tmp_path: Path, suffix: str
+) -> None:
+    """The total is refused before the output is opened, so no file appears."""
+    out = tmp_path / f"o{suffix}"
+    argv = ["import-csv", fixture("counts.csv"), "--out", str(out), "--counts"]
+    argv += ["--type", "contribution.created", "--max-events", "9"]
+
+    with pytest.raises(ConfigurationError) as error:
+        _run_command(argv)
+
+    assert str(error.value) == (
+        f"Line 4 of {fixture('counts.csv')} brings the import to 10 events, over "
+        "its limit of 9; nothing was written. Clip the series (--start, --end), "
+        "rescale it, or raise the limit (--max-events)."
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_import_csv_command_refuses_a_max_events_below_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A limit of 0 events would refuse every import, so it is an option error."""
+    argv = ["import-csv", fixture("counts.csv"), "--out", str(tmp_path / "o.jsonl")]
+    argv += ["--counts", "--type", "contribution.created", "--max-events", "0"]
+
+    with pytest.raises(SystemExit) as exit_:
+        _run_command(argv)
+
+    assert exit_.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith(
+            "error: argument --max-events: '0' is not a whole number of at least 1."
+        )
+    )
