@@ -117,7 +117,6 @@ class RuleWatcher(Started):
         self._thread = None
         log.info("rule watcher stopped", rules_dir=str(self.rules_dir))
 
-
     def _watch(self) -> None:
         try:
             for _ in watchfiles.watch(

@@ -91,7 +91,6 @@ class StatusServer(Started):
         self._httpd.server_close()
 
 
-
 class _Server(ThreadingHTTPServer):
     # A request thread must never keep the process alive at exit.
     daemon_threads = True

@@ -182,9 +182,7 @@ class SlidingWindow:
             # raises where a sum overflows to infinity.
             if fn != "count":
                 self._sum = sum(bucket[2] for bucket in buckets)
-        self._next_expiry = (
-            self._bucket_expiry(buckets[0][0]) if buckets else math.inf
-        )
+        self._next_expiry = self._bucket_expiry(buckets[0][0]) if buckets else math.inf
 
     def value(self, now: float) -> float | None:
         """Return the aggregate at time `now`, or None when there is no data."""
