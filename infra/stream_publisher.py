@@ -10,7 +10,8 @@ dead-letter path is exercised on purpose.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -19,7 +20,7 @@ import structlog
 
 from engine.errors import ConfigurationError, EventRejected
 from engine.events import parse_event_line
-from engine.replay import iter_lines, open_stream
+from engine.replay import iter_numbered_lines, open_stream
 from infra.cloudevents import encode_binary
 from infra.pubsub import STRUCTURED_CONTENT_TYPE, PubSubPublisher
 
@@ -148,7 +149,8 @@ def publish_stream(
     summary = PublishSummary(topic=topic)
     started = time.perf_counter()
     with open_stream(path) as stream:
-        messages = _messages(iter_lines(stream), binary, bucket, summary)
+        reading = _Reading(iter_numbered_lines(stream))
+        messages = _messages(reading, binary, bucket, summary)
         # islice stays lazy, so each message goes out as soon as the bucket
         # lets it, not when its chunk is complete.
         while message_ids := publisher.publish(topic, islice(messages, _CHUNK)):
@@ -161,11 +163,38 @@ def publish_stream(
         malformed=summary.malformed,
         seconds=round(summary.seconds, 3),
     )
+    if reading.error is not None:
+        raise ConfigurationError(
+            f"The event file {str(path)!r} could not be read after line "
+            f"{reading.line}: {reading.error}; the {summary.published} "
+            "messages before it were published."
+        ) from reading.error
     return summary
 
 
+class _Reading:
+    """A stream's lines, ending early at a read error that it keeps.
+
+    A truncated gzip file or a disk error ends the lines instead of the
+    publish call, so that what was read is still published and counted.
+    """
+
+    def __init__(self, lines: Iterator[tuple[int, bytes]]) -> None:
+        self._lines = lines
+        self.line = 0
+        self.error: Exception | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for number, line in self._lines:
+                self.line = number
+                yield line.rstrip(b"\r\n")
+        except (OSError, EOFError, zlib.error) as error:
+            self.error = error
+
+
 def _messages(
-    lines: Iterator[bytes],
+    lines: Iterable[bytes],
     binary: bool,
     bucket: TokenBucket | None,
     summary: PublishSummary,

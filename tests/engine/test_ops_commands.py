@@ -223,6 +223,45 @@ def test_malformed_lines_are_published_as_they_are_and_rejected(
 
 
 @pytest.mark.emulator
+def test_publishing_a_truncated_gzip_sends_the_lines_read_and_says_so(
+    events_project: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whole lines before the cut are published; the error names the line."""
+    lines = contribution_lines(3000)
+    whole = gzip.compress(("\n".join(lines) + "\n").encode())
+    stream = tmp_path / "cut.jsonl.gz"
+    stream.write_bytes(whole[: len(whole) // 2])
+    out = tmp_path / "recorded.jsonl"
+
+    status = main(
+        [
+            "--log-level",
+            "warning",
+            "publish",
+            str(stream),
+            "--project",
+            events_project,
+            "--topic",
+            "events",
+        ]
+    )
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    recorded = record(capsys, events_project, out)
+    published = int(recorded.split()[1])
+
+    assert status == 2
+    assert 0 < published < 3000
+    assert error == (
+        f"error: The event file {str(stream)!r} could not be read after line "
+        f"{published}: Compressed file ended before the end-of-stream marker was "
+        f"reached; the {published} messages before it were published."
+    )
+    assert list(events_by_id(out)) == [
+        parse_event_line(line).id for line in lines[:published]
+    ]
+
+
+@pytest.mark.emulator
 def test_record_stops_at_max_and_leaves_the_rest(
     events_project: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
