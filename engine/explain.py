@@ -18,7 +18,7 @@ from engine.actions import ActionRecord, Explanation
 from engine.errors import ConfigurationError, EventRejected
 from engine.events import format_time, parse_time
 from engine.loader import LoadedRule, RuleSet
-from engine.replay import iter_lines, open_stream
+from engine.replay import iter_numbered_lines, open_stream
 
 __all__ = ["explain_action", "find_action", "record_from_mapping", "rule_source"]
 
@@ -60,7 +60,7 @@ def _search(path: str | Path, action_id: str) -> list[dict[str, Any]]:
     """Return the records of the action log whose id starts with `action_id`."""
     matches: list[dict[str, Any]] = []
     with open_stream(path) as stream:
-        for number, line in enumerate(iter_lines(stream), start=1):
+        for number, line in iter_numbered_lines(stream):
             # Most lines are other actions: look for the id before parsing.
             if action_id.encode() not in line:
                 continue

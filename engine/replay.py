@@ -123,12 +123,6 @@ def open_stream(path: str | Path) -> IO[bytes]:
     return raw
 
 
-def iter_lines(stream: IO[bytes]) -> Iterator[bytes]:
-    """Yield the non-blank lines of a stream, without their line ends."""
-    for _, line in iter_numbered_lines(stream):
-        yield line.rstrip(b"\r\n")
-
-
 def iter_numbered_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     """Yield (line number, line) for the non-blank lines, line ends kept.
 

@@ -171,6 +171,20 @@ def test_a_truncated_action_log_is_an_error_naming_it(
     )
 
 
+def test_a_damaged_record_is_named_by_its_line_in_the_file(
+    actions: list[ActionRecord], tmp_path: Path
+) -> None:
+    """Blank lines count, so the number is the one an editor shows."""
+    damaged = encode_record(actions[0]).rstrip()[:-1] + b"\n"
+    log = tmp_path / "actions.jsonl"
+    log.write_bytes(b"\n\n" + damaged)
+
+    with pytest.raises(ConfigurationError) as raised:
+        find_action(log, actions[0].id)
+
+    assert str(raised.value) == f"Line 3 of {log} is not a JSON action record."
+
+
 def test_the_current_rule_is_shown_without_warning_at_the_same_version(
     actions: list[ActionRecord], shop_rules: RuleSet
 ) -> None:
