@@ -128,7 +128,7 @@ class Observability:
         self._heartbeat = clock()
         # The fire counts already turned into metrics, per engine: a new
         # engine (a restart of the loop) starts its counts from zero.
-        self._fires_source: Counter[str] | None = None
+        self._fires_source: dict[str, int] | None = None
         self._fires_seen: Counter[str] = Counter()
 
     def _declare_metrics(self) -> None:
