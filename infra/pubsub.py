@@ -468,7 +468,8 @@ def provision(
 
     Raises:
         TransientSourceError: Pub/Sub is unavailable; a retry may succeed.
-        SourceError: Pub/Sub refused to create a resource.
+        SourceError: Pub/Sub refused to create a resource, or an existing
+            subscription belongs to another topic.
     """
     paths = {
         "topic": _resource_path(project, "topics", topic),
@@ -493,6 +494,10 @@ def provision(
             "ack_deadline_seconds": ack_deadline,
         },
     }
+    topic_of = {
+        "subscription": paths["topic"],
+        "dead_letter_subscription": paths["dead_letter_topic"],
+    }
     publisher = pubsub_v1.PublisherClient()
     subscriber = pubsub_v1.SubscriberClient()
     created: list[str] = []
@@ -506,6 +511,8 @@ def provision(
                 else:
                     publisher.create_topic(name=path)
             except api_exceptions.AlreadyExists:
+                if key in topic_of:
+                    _check_subscription_topic(subscriber, path, topic_of[key])
                 continue
             except api_exceptions.GoogleAPIError as error:
                 raise _source_error(error, "create", path) from error
@@ -522,6 +529,28 @@ def provision(
         "max_delivery_attempts": max_delivery_attempts,
         "created": created,
     }
+
+
+def _check_subscription_topic(subscriber: Any, path: str, topic: str) -> None:
+    """Refuse an existing subscription that is attached to another topic.
+
+    Finding it is not enough: a subscription of another topic would never
+    receive what is published to `topic`, and the worker would wait for
+    events that cannot arrive.
+
+    Raises:
+        SourceError: the subscription belongs to another topic, or Pub/Sub
+            refused to describe it.
+    """
+    try:
+        found = subscriber.get_subscription(subscription=path, timeout=30)
+    except api_exceptions.GoogleAPIError as error:
+        raise _source_error(error, "describe", path) from error
+    if found.topic != topic:
+        raise SourceError(
+            f"The subscription {path} already exists on the topic {found.topic}, "
+            f"not on {topic}; name another subscription or delete that one."
+        )
 
 
 # Decoding

@@ -81,6 +81,24 @@ def test_provision_creates_everything_once(
     assert second == {**paths, "created": []}
 
 
+@pytest.mark.emulator
+def test_provision_refuses_a_subscription_of_another_topic(
+    pubsub_emulator_host: str, project_id: str
+) -> None:
+    """An existing subscription of another topic is an error, not 'found'."""
+    provision(project_id, "events", "engine", "dead-letters", "dead-letters-kept")
+
+    with pytest.raises(SourceError) as raised:
+        provision(project_id, "other", "engine", "other-dl", "other-dl-kept")
+
+    assert str(raised.value) == (
+        f"The subscription projects/{project_id}/subscriptions/engine already "
+        f"exists on the topic projects/{project_id}/topics/events, not on "
+        f"projects/{project_id}/topics/other; name another subscription or "
+        "delete that one."
+    )
+
+
 # Pulling and settling
 
 
