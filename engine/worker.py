@@ -84,7 +84,14 @@ if TYPE_CHECKING:
     from engine.observability import Observability
     from engine.rule_watcher import RuleWatcher
 
-__all__ = ["Worker", "WorkerOptions", "apply_options", "default_worker_id"]
+__all__ = [
+    "Worker",
+    "WorkerOptions",
+    "apply_options",
+    "default_worker_id",
+    "require_dead_letter_topic",
+    "subscription_is_ordered",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -789,6 +796,38 @@ def apply_options(ruleset: RuleSet, options: WorkerOptions) -> RuleSet:
         update={"dedup_retention": options.dedup_retention}
     )
     return dataclasses.replace(ruleset, settings=settings)
+
+
+def require_dead_letter_topic(project: str, topic: str) -> None:
+    """Check that the dead-letter topic exists before the first message.
+
+    A missing topic would otherwise show only when a message is rejected:
+    its publish fails, the message goes back unacknowledged and comes back
+    until Pub/Sub gives up on it, while the worker reports itself ready.
+
+    Raises:
+        SourceError: the topic does not exist, or Pub/Sub refused the request.
+    """
+    from google.api_core import exceptions as api_exceptions
+    from google.cloud.pubsub_v1 import PublisherClient
+
+    path = topic
+    if not topic.startswith("projects/"):
+        path = f"projects/{project}/topics/{topic}"
+    client = PublisherClient()
+    try:
+        client.get_topic(topic=path, timeout=30)
+    except api_exceptions.NotFound as error:
+        raise SourceError(
+            f"The dead-letter topic {path} does not exist; create it (provision "
+            "does) or name an existing one."
+        ) from error
+    except api_exceptions.GoogleAPIError as error:
+        raise SourceError(
+            f"Pub/Sub could not describe the dead-letter topic {path}: {error}."
+        ) from error
+    finally:
+        client.stop()
 
 
 def subscription_is_ordered(project: str, subscription: str) -> bool:

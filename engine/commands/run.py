@@ -21,6 +21,7 @@ from engine.worker import (
     WorkerOptions,
     apply_options,
     default_worker_id,
+    require_dead_letter_topic,
     subscription_is_ordered,
 )
 
@@ -165,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         stack.callback(store.close)
         publisher = None
         if options.dead_letter_topic is not None:
+            require_dead_letter_topic(args.project, options.dead_letter_topic)
             publisher = stack.enter_context(PubSubPublisher(args.project))
         observability = None
         if args.metrics_port:

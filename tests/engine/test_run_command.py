@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from engine.cli import main
+from infra.pubsub import provision
 
 ROOT = Path(__file__).parents[2]
 _CASES = yaml.safe_load(
@@ -31,3 +32,31 @@ def test_invalid_options_stop_the_worker_before_it_connects(
 
     assert status == 2
     assert capsys.readouterr().err.splitlines()[-1] == case["error"]
+
+
+@pytest.mark.emulator
+def test_a_missing_dead_letter_topic_stops_the_worker_before_it_pulls(
+    pubsub_emulator_host: str,
+    firestore_emulator_host: str,
+    project_id: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A dead-letter topic that does not exist is named in a one-line error."""
+    provision(project_id, "events", "engine", "dead-letters", "dead-letters-kept")
+    argv = [
+        "run",
+        f"--project={project_id}",
+        "--subscription=engine",
+        f"--rules={ROOT / 'rules'}",
+        "--dead-letter-topic=no-such-topic",
+        "--exit-when-idle=1",
+        "--no-watch-rules",
+    ]
+
+    status = main(argv)
+
+    assert status == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: The dead-letter topic projects/{project_id}/topics/no-such-topic "
+        "does not exist; create it (provision does) or name an existing one."
+    )
