@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from contextlib import ExitStack
+from types import FrameType
 
 from engine.commands.arguments import positive_number, whole_number
 from infra.pubsub import PubSubSource
@@ -50,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     """Record the subscription and print what was written and rejected."""
     with ExitStack() as stack:
+        _interrupt_on_sigterm(stack)
         source = stack.enter_context(PubSubSource(args.project, args.subscription))
         out = stack.enter_context(open_output(args.out))
         rejects = None
@@ -64,3 +67,18 @@ def run(args: argparse.Namespace) -> int:
         )
     print(summary.render())
     return 0
+
+
+def _interrupt_on_sigterm(stack: ExitStack) -> None:
+    """Let SIGTERM end a recording as Ctrl-C does, closing the outputs.
+
+    Ended by the default action instead, the process left a .gz output
+    without its end marker: unreadable past the last flush, and past that
+    point for good once a later recording appended to it.
+    """
+
+    def interrupt(number: int, _: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    stack.callback(signal.signal, signal.SIGTERM, previous)

@@ -7,6 +7,11 @@ a recorded stream is compared event by event with the one published.
 from __future__ import annotations
 
 import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +286,40 @@ def test_record_stops_at_max_and_leaves_the_rest(
     first_ids = {parse_event_line(line).id for line in first_lines}
     assert first_ids | second_ids == set(events_by_id(stream))
     assert first_ids & second_ids == set()
+
+
+@pytest.mark.emulator
+def test_record_stopped_by_sigterm_leaves_a_whole_gzip_file(
+    events_project: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM closes the .gz output, so that every recorded line reads back."""
+    stream = write_stream(tmp_path / "in.jsonl", contribution_lines(30))
+    out = tmp_path / "recorded.jsonl.gz"
+    run(
+        capsys, "publish", str(stream), "--project", events_project, "--topic", "events"
+    )
+    argv = [sys.executable, "-m", "engine", "--log-level", "info", "record"]
+    argv += ["--project", events_project, "--subscription", "engine"]
+    argv += ["--out", str(out)]
+
+    recorder = subprocess.Popen(
+        argv, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 30
+    # Gzip writes a header at once; the lines follow the first flush.
+    while time.monotonic() < deadline and (
+        not out.exists() or out.stat().st_size < 100
+    ):
+        time.sleep(0.1)
+    recorder.send_signal(signal.SIGTERM)
+    status = recorder.wait(timeout=30)
+
+    assert status == 0
+    # Whatever was recorded before the signal reads back, end marker included.
+    lines = gzip.decompress(out.read_bytes()).splitlines()
+    recorded = {parse_event_line(line).id for line in lines}
+    assert recorded
+    assert recorded <= set(events_by_id(stream))
 
 
 @pytest.mark.emulator
