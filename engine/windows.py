@@ -16,7 +16,7 @@ from typing import Any
 __all__ = ["SlidingWindow", "default_resolution"]
 
 
-_ceil = math.ceil
+_ceil, _floor = math.ceil, math.floor
 # How much earlier than computed a window checks for expiry (seconds).
 _MARGIN = 1e-3
 
@@ -86,13 +86,15 @@ class SlidingWindow:
         # when `add` would call it too late.
         index = _ceil(ts / self.resolution) - 1
         buckets = self._buckets
-        if buckets and buckets[-1][0] == index:
-            bucket = buckets[-1]
-        elif not buckets or buckets[-1][0] < index:
+        # Most events fall in the newest bucket or open one after it.
+        last = buckets[-1] if buckets else None
+        if last is None or last[0] < index:
             bucket = [index, 0, 0.0, value, value]
             buckets.append(bucket)
-            if len(buckets) == 1:
+            if last is None:
                 self._next_expiry = self._bucket_expiry(index)
+        elif last[0] == index:
+            bucket = last
         else:
             bucket = self._find_bucket(index, value)
         bucket[1] += 1
@@ -170,19 +172,25 @@ class SlidingWindow:
             self._next_expiry = order[0][0] + width - _MARGIN if order else math.inf
             return
         # A bucket leaves once its whole span is at or before the horizon.
-        limit = math.floor(horizon / self.resolution)
+        limit = _floor(horizon / self.resolution)
         buckets = self._buckets
         if buckets and buckets[0][0] < limit:
+            count = self._count
             while buckets and buckets[0][0] < limit:
-                _, count, _, _, _ = buckets.popleft()
-                self._count -= count
+                count -= buckets.popleft()[1]
+            self._count = count
             # Summed afresh rather than subtracted: subtracting floats leaves
             # rounding residue that builds up over a long stream (0.6 - 0.1
             # would give 0.5000000000000001). Not with math.fsum, which
             # raises where a sum overflows to infinity.
             if fn != "count":
                 self._sum = sum(bucket[2] for bucket in buckets)
-        self._next_expiry = self._bucket_expiry(buckets[0][0]) if buckets else math.inf
+        # `_bucket_expiry`, inline: this runs for most events.
+        self._next_expiry = (
+            (buckets[0][0] + 1) * self.resolution + width - _MARGIN
+            if buckets
+            else math.inf
+        )
 
     def value(self, now: float) -> float | None:
         """Return the aggregate at time `now`, or None when there is no data."""
