@@ -24,7 +24,18 @@ from engine.replay import iter_numbered_lines, open_stream
 from infra.cloudevents import encode_binary
 from infra.pubsub import STRUCTURED_CONTENT_TYPE, PubSubPublisher
 
-__all__ = ["PublishSummary", "TokenBucket", "encode_line", "publish_stream"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "PublishSummary",
+    "TokenBucket",
+    "encode_line",
+    "publish_stream",
+]
+
+# Pub/Sub takes at most 10 MB in one message. The emulator does not refuse
+# a larger one: it leaves the request unanswered until its deadline, and a
+# publish with retries then gave up only minutes later, on a timeout.
+MAX_MESSAGE_BYTES = 10_000_000
 
 # Messages per publish call: the call keeps one future per message until
 # Pub/Sub confirms them all, so a chunk bounds the memory a long stream
@@ -187,8 +198,15 @@ class _Reading:
     def __iter__(self) -> Iterator[bytes]:
         try:
             for number, line in self._lines:
+                line = line.rstrip(b"\r\n")
+                if len(line) > MAX_MESSAGE_BYTES:
+                    self.error = ValueError(
+                        f"line {number} is {len(line)} bytes, more than the "
+                        f"{MAX_MESSAGE_BYTES} bytes Pub/Sub takes in one message"
+                    )
+                    return
                 self.line = number
-                yield line.rstrip(b"\r\n")
+                yield line
         except (OSError, EOFError, zlib.error) as error:
             self.error = error
 

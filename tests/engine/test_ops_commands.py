@@ -22,7 +22,7 @@ from engine.cli import main
 from engine.errors import ConfigurationError
 from engine.events import parse_event_line
 from infra.pubsub import provision
-from infra.stream_publisher import TokenBucket
+from infra.stream_publisher import MAX_MESSAGE_BYTES, TokenBucket
 
 VARIED = Path(__file__).parents[1] / "fixtures" / "streams" / "varied.jsonl"
 
@@ -264,6 +264,32 @@ def test_publishing_a_truncated_gzip_sends_the_lines_read_and_says_so(
     assert list(events_by_id(out)) == [
         parse_event_line(line).id for line in lines[:published]
     ]
+
+
+@pytest.mark.emulator
+def test_a_line_too_large_for_pubsub_stops_publish_and_is_named(
+    events_project: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line over 10 MB ends the run at once, naming the line and its size."""
+    lines = contribution_lines(3)
+    huge = "x" * (MAX_MESSAGE_BYTES + 1)
+    stream = write_stream(tmp_path / "in.jsonl", [lines[0], huge, lines[1]])
+    out = tmp_path / "recorded.jsonl"
+    argv = ["--log-level", "warning", "publish", str(stream)]
+    argv += ["--project", events_project, "--topic", "events"]
+
+    status = main(argv)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    record(capsys, events_project, out)
+
+    assert status == 2
+    assert error == (
+        f"error: The event file {str(stream)!r} could not be read after line 1: "
+        f"line 2 is {MAX_MESSAGE_BYTES + 1} bytes, more than the "
+        f"{MAX_MESSAGE_BYTES} bytes Pub/Sub takes in one message; the 1 "
+        "messages before it were published."
+    )
+    assert list(events_by_id(out)) == [parse_event_line(lines[0]).id]
 
 
 @pytest.mark.emulator
