@@ -85,12 +85,13 @@ if TYPE_CHECKING:
     from engine.rule_watcher import RuleWatcher
 
 __all__ = [
+    "SubscriptionSettings",
     "Worker",
     "WorkerOptions",
     "apply_options",
     "default_worker_id",
+    "describe_subscription",
     "require_dead_letter_topic",
-    "subscription_is_ordered",
 ]
 
 log = structlog.get_logger(__name__)
@@ -830,8 +831,20 @@ def require_dead_letter_topic(project: str, topic: str) -> None:
         client.stop()
 
 
-def subscription_is_ordered(project: str, subscription: str) -> bool:
-    """Tell whether a subscription delivers messages in ordering-key order.
+@dataclass(frozen=True)
+class SubscriptionSettings:
+    """What the worker reads from its subscription before it starts.
+
+    `dead_letter_topic` is the full path of the topic named by the
+    subscription's dead-letter policy, or None without one.
+    """
+
+    ordered: bool
+    dead_letter_topic: str | None
+
+
+def describe_subscription(project: str, subscription: str) -> SubscriptionSettings:
+    """Tell whether a subscription is ordered and where it dead-letters.
 
     Raises:
         SourceError: Pub/Sub refused the request.
@@ -851,4 +864,7 @@ def subscription_is_ordered(project: str, subscription: str) -> bool:
         ) from error
     finally:
         client.close()
-    return bool(found.enable_message_ordering)
+    return SubscriptionSettings(
+        ordered=bool(found.enable_message_ordering),
+        dead_letter_topic=found.dead_letter_policy.dead_letter_topic or None,
+    )

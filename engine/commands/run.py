@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 from contextlib import ExitStack
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -21,8 +22,8 @@ from engine.worker import (
     WorkerOptions,
     apply_options,
     default_worker_id,
+    describe_subscription,
     require_dead_letter_topic,
-    subscription_is_ordered,
 )
 
 __all__ = ["register"]
@@ -51,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--dead-letter-topic",
         help="topic for rejected messages and actions out of attempts "
-        "(default: log them)",
+        "(default: the one of the subscription's dead-letter policy, as "
+        "provision sets it; without a policy, log them)",
     )
     parser.add_argument(
         "--actions-out",
@@ -164,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
         source = stack.enter_context(PubSubSource(args.project, args.subscription))
         store = FirestoreStateStore(args.project, options.namespace)
         stack.callback(store.close)
+        settings = describe_subscription(args.project, args.subscription)
+        if options.dead_letter_topic is None and settings.dead_letter_topic:
+            # Rejected messages go where Pub/Sub itself would forward them.
+            options = replace(options, dead_letter_topic=settings.dead_letter_topic)
         publisher = None
         if options.dead_letter_topic is not None:
             require_dead_letter_topic(args.project, options.dead_letter_topic)
@@ -189,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
             publisher=publisher,
             registry=registry,
             observability=observability,
-            ordered=subscription_is_ordered(args.project, args.subscription),
+            ordered=settings.ordered,
             watcher=watcher,
         )
         _stop_on_signals(worker, stack)

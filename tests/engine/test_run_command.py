@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from engine.cli import main
-from infra.pubsub import provision
+from infra.pubsub import PubSubPublisher, PubSubSource, provision
 
 ROOT = Path(__file__).parents[2]
 _CASES = yaml.safe_load(
@@ -60,3 +60,33 @@ def test_a_missing_dead_letter_topic_stops_the_worker_before_it_pulls(
         f"error: The dead-letter topic projects/{project_id}/topics/no-such-topic "
         "does not exist; create it (provision does) or name an existing one."
     )
+
+
+@pytest.mark.emulator
+def test_rejected_messages_go_to_the_subscriptions_dead_letter_topic(
+    pubsub_emulator_host: str,
+    firestore_emulator_host: str,
+    project_id: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without --dead-letter-topic, the one of the subscription's policy is used."""
+    provision(project_id, "events", "engine", "dead-letters", "dead-letters-kept")
+    with PubSubPublisher(project_id) as publisher:
+        publisher.publish("events", [(b"{not json", {})])
+    argv = [
+        "run",
+        f"--project={project_id}",
+        "--subscription=engine",
+        f"--rules={ROOT / 'rules'}",
+        "--exit-when-idle=2",
+        "--no-watch-rules",
+    ]
+
+    status = main(argv)
+    with PubSubSource(project_id, "dead-letters-kept") as source:
+        dead_letters = source.pull(max_messages=10, timeout=5)
+
+    assert status == 0, capsys.readouterr().err
+    assert [(m.data, m.attributes["reason"]) for m in dead_letters] == [
+        (b"{not json", "invalid_json")
+    ]
