@@ -91,7 +91,7 @@ __all__ = [
     "apply_options",
     "default_worker_id",
     "describe_subscription",
-    "require_dead_letter_topic",
+    "require_topic",
 ]
 
 log = structlog.get_logger(__name__)
@@ -799,12 +799,18 @@ def apply_options(ruleset: RuleSet, options: WorkerOptions) -> RuleSet:
     return dataclasses.replace(ruleset, settings=settings)
 
 
-def require_dead_letter_topic(project: str, topic: str) -> None:
-    """Check that the dead-letter topic exists before the first message.
+def require_topic(project: str, topic: str, role: str) -> None:
+    """Check that a topic the worker publishes to exists, before it starts.
 
-    A missing topic would otherwise show only when a message is rejected:
-    its publish fails, the message goes back unacknowledged and comes back
-    until Pub/Sub gives up on it, while the worker reports itself ready.
+    A missing topic would otherwise show only when something is published:
+    a rejected message goes back unacknowledged until Pub/Sub gives up on
+    it, an announcing action fails every attempt, while the worker reports
+    itself ready.
+
+    Args:
+        project: the project of a topic given by id.
+        topic: a topic id or a full `projects/.../topics/...` path.
+        role: what the topic is for, as the error names it.
 
     Raises:
         SourceError: the topic does not exist, or Pub/Sub refused the request.
@@ -820,12 +826,12 @@ def require_dead_letter_topic(project: str, topic: str) -> None:
         client.get_topic(topic=path, timeout=30)
     except api_exceptions.NotFound as error:
         raise SourceError(
-            f"The dead-letter topic {path} does not exist; create it (provision "
-            "does) or name an existing one."
+            f"The {role} {path} does not exist; create it (provision does) or "
+            "name an existing one."
         ) from error
     except api_exceptions.GoogleAPIError as error:
         raise SourceError(
-            f"Pub/Sub could not describe the dead-letter topic {path}: {error}."
+            f"Pub/Sub could not describe the {role} {path}: {error}."
         ) from error
     finally:
         client.stop()

@@ -13,7 +13,12 @@ from types import FrameType
 import structlog
 
 from engine.commands.arguments import positive_number, whole_number
-from engine.config import add_config_argument, build_registry, load_config
+from engine.config import (
+    EngineConfig,
+    add_config_argument,
+    build_registry,
+    load_config,
+)
 from engine.durations import DurationError, parse_duration
 from engine.errors import ConfigurationError
 from engine.loader import load_rules
@@ -23,7 +28,7 @@ from engine.worker import (
     apply_options,
     default_worker_id,
     describe_subscription,
-    require_dead_letter_topic,
+    require_topic,
 )
 
 __all__ = ["register"]
@@ -170,9 +175,10 @@ def run(args: argparse.Namespace) -> int:
         if options.dead_letter_topic is None and settings.dead_letter_topic:
             # Rejected messages go where Pub/Sub itself would forward them.
             options = replace(options, dead_letter_topic=settings.dead_letter_topic)
+        _require_handler_topics(config)
         publisher = None
         if options.dead_letter_topic is not None:
-            require_dead_letter_topic(args.project, options.dead_letter_topic)
+            require_topic(args.project, options.dead_letter_topic, "dead-letter topic")
             publisher = stack.enter_context(PubSubPublisher(args.project))
         observability = None
         if args.metrics_port:
@@ -200,6 +206,19 @@ def run(args: argparse.Namespace) -> int:
         )
         _stop_on_signals(worker, stack)
         return worker.run()
+
+
+def _require_handler_topics(config: EngineConfig) -> None:
+    """Check the topics that handlers announce on, in the configuration's project.
+
+    The configuration's `project`, not --project, names the project of a
+    topic given by id; a mismatch made every announcing action fail.
+    """
+    for name in ("scale", "change_tier"):
+        topic = getattr(config.handlers, name).publish_topic
+        if topic is not None:
+            role = f"{name} announcement topic of {config.source!r}"
+            require_topic(config.project or "", topic, role)
 
 
 def _options(args: argparse.Namespace) -> WorkerOptions:

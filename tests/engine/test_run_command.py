@@ -90,3 +90,37 @@ def test_rejected_messages_go_to_the_subscriptions_dead_letter_topic(
     assert [(m.data, m.attributes["reason"]) for m in dead_letters] == [
         (b"{not json", "invalid_json")
     ]
+
+
+@pytest.mark.emulator
+def test_a_missing_announcement_topic_stops_the_worker_before_it_pulls(
+    pubsub_emulator_host: str,
+    firestore_emulator_host: str,
+    project_id: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A publish_topic missing in the configuration's project is named at start."""
+    provision(project_id, "events", "engine", "dead-letters", "dead-letters-kept")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "project: other-project\nhandlers:\n  scale: {publish_topic: scaling}\n"
+    )
+    argv = [
+        "run",
+        f"--project={project_id}",
+        "--subscription=engine",
+        f"--rules={ROOT / 'rules'}",
+        f"--config={config}",
+        "--exit-when-idle=1",
+        "--no-watch-rules",
+    ]
+
+    status = main(argv)
+
+    assert status == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: The scale announcement topic of {str(config)!r} "
+        "projects/other-project/topics/scaling does not exist; create it "
+        "(provision does) or name an existing one."
+    )
