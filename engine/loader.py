@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +26,7 @@ from engine.rule_model import (
     TierConfig,
     check_conditions,
 )
-from engine.templates import ROOTS, find_placeholders
+from engine.templates import ROOTS, EscapingParams, find_placeholders
 from engine.yaml_source import Marks, YamlSyntaxError, load_with_marks
 from handlers.registry import HandlerRegistry
 
@@ -592,8 +592,33 @@ def check_rules(
         problems += _check_tier_changes(result, index, name, actions, tiers)
     if problems:
         return None, problems
+    rules = [_escape_templates(rule, registry) for rule in rules]
     version = digest.hexdigest()[:12]
     return RuleSet(rules, tiers, settings, version, [str(f) for f in files]), []
+
+
+def _escape_templates(rule: LoadedRule, registry: HandlerRegistry) -> LoadedRule:
+    """Give each action's templated parameters the escapes its handler names.
+
+    The parameters keep their text; `engine.templates.render` passes what
+    it inserts into them through the escape.
+    """
+    actions = list(rule.spec.actions)
+    for position, action in enumerate(actions):
+        handler = registry.handler_class(action.action)
+        escapes = {
+            key: escape
+            for key, escape in handler.template_escapes.items()
+            if find_placeholders(action.params.get(key))
+        }
+        if escapes:
+            params = EscapingParams(action.params, escapes)
+            actions[position] = action.model_copy(update={"params": params})
+
+    # Compared by identity: escaping parameters equal the plain ones.
+    if all(a is b for a, b in zip(actions, rule.spec.actions, strict=True)):
+        return rule
+    return replace(rule, spec=rule.spec.model_copy(update={"actions": actions}))
 
 
 def _check_rule(

@@ -2,14 +2,18 @@
 
 A handler is registered by name. Its `Params` model is checked when rules
 load (template fields are checked once rendered) and again, fully, before
-each execution. Handlers see the engine through a `HandlerContext`: the
-current tier and its configuration, a small key/value state that is saved
-with the engine's state, and `emit` to send an event back into the engine.
+each execution. A handler may name parameters whose templates escape the
+values they insert (`template_escapes`), so that an event cannot change
+what such a parameter means. Handlers see the engine through a
+`HandlerContext`: the current tier and its configuration, a small
+key/value state that is saved with the engine's state, and `emit` to send
+an event back into the engine.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -72,6 +76,10 @@ class Handler(ABC):
     # At most one action per distinct params per this many seconds of event
     # time, unless the rule says otherwise; None means no coalescing.
     default_coalesce: ClassVar[float | None] = None
+    # Parameters whose templates pass each value they insert through the
+    # function given, such as a glob escape for a cache target: a `*` from
+    # an event would otherwise turn one key into a pattern.
+    template_escapes: ClassVar[Mapping[str, Callable[[str], str]]] = {}
 
     @abstractmethod
     def execute(

@@ -2,27 +2,24 @@
 
 The embedded backend is an in-process LRU cache with a time to live, which
 the platform's own code may use through `MemoryCache`; a Redis backend is
-chosen by configuration (`infra.redis_cache.RedisCacheBackend`).
+chosen by configuration (`infra.redis_cache.RedisCacheBackend`). Both read
+a target in Redis glob syntax (`handlers.cache_keys`), and a value that a
+template inserts into the target is escaped to match only itself.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from handlers.base import ActionRequest, Handler, HandlerContext
+from handlers.cache_keys import compile_pattern, escape_glob, is_pattern, literal_key
 
-__all__ = ["CacheBackend", "InvalidateCacheHandler", "MemoryCache", "is_pattern"]
-
-
-def is_pattern(target: str) -> bool:
-    """Tell whether a target is a glob pattern rather than one key."""
-    return any(c in target for c in "*?[")
+__all__ = ["CacheBackend", "InvalidateCacheHandler", "MemoryCache"]
 
 
 class CacheBackend(Protocol):
@@ -71,8 +68,9 @@ class MemoryCache:
     def invalidate(self, target: str) -> int:
         """Drop the key or every key matching the glob pattern."""
         if not is_pattern(target):
-            return 1 if self._entries.pop(target, None) is not None else 0
-        doomed = [key for key in self._entries if fnmatch.fnmatchcase(key, target)]
+            return 1 if self._entries.pop(literal_key(target), None) is not None else 0
+        pattern = compile_pattern(target)
+        doomed = [key for key in self._entries if pattern.fullmatch(key)]
         for key in doomed:
             del self._entries[key]
         return len(doomed)
@@ -81,7 +79,13 @@ class MemoryCache:
 class InvalidateCacheParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    target: str = Field(min_length=1, description="A key, or a glob such as stats:*.")
+    target: str = Field(
+        min_length=1,
+        description=(
+            "A key, or a glob such as stats:*; values inserted by a template "
+            "match only themselves."
+        ),
+    )
 
 
 class InvalidateCacheHandler(Handler):
@@ -90,6 +94,9 @@ class InvalidateCacheHandler(Handler):
     name: ClassVar[str] = "invalidate_cache"
     Params = InvalidateCacheParams
     default_coalesce: ClassVar[float | None] = 1.0
+    template_escapes: ClassVar[Mapping[str, Callable[[str], str]]] = {
+        "target": escape_glob
+    }
 
     def __init__(self, backend: CacheBackend | None = None) -> None:
         self.backend: CacheBackend = backend if backend is not None else MemoryCache()

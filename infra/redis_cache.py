@@ -1,5 +1,9 @@
 """Cache invalidation in Redis: remove one exact key or every key of a pattern.
 
+A target is read in Redis glob syntax (`handlers.cache_keys`): with an
+unescaped `*`, `?` or `[` it is a pattern, otherwise one exact key whose
+backslash escapes are removed.
+
 Patterns are walked with SCAN, never KEYS: KEYS blocks the server for the
 whole keyspace at once, while each SCAN step touches about `COUNT` slots, so
 other clients keep being served during a large invalidation. Keys are
@@ -12,27 +16,23 @@ import redis
 import structlog
 
 from engine.errors import HandlerError, TransientHandlerError
+from handlers.cache_keys import is_pattern, literal_key
 from infra.closing import Closing
 
 __all__ = ["RedisCacheBackend"]
 
 # Keys asked for per SCAN step; each step's keys are unlinked in one call.
 _SCAN_COUNT = 1000
-_PATTERN_CHARACTERS = frozenset("*?[")
 
 log = structlog.get_logger(__name__)
-
-
-def _is_pattern(target: str) -> bool:
-    return not _PATTERN_CHARACTERS.isdisjoint(target)
 
 
 class RedisCacheBackend(Closing):
     """Remove cached entries from one Redis database.
 
-    A target that contains `*`, `?` or `[` is a Redis glob pattern; any
-    other target is an exact key. An exact key that contains one of those
-    characters therefore cannot be removed on its own.
+    A target that contains an unescaped `*`, `?` or `[` is a Redis glob
+    pattern; any other target is an exact key, so `user:\\*` removes the
+    key `user:*` alone.
 
     Args:
         url: a Redis URL such as `redis://127.0.0.1:6379/0`.
@@ -64,8 +64,8 @@ class RedisCacheBackend(Closing):
         try:
             removed = (
                 self._unlink_matching(target)
-                if _is_pattern(target)
-                else int(self._client.unlink(target))
+                if is_pattern(target)
+                else int(self._client.unlink(literal_key(target)))
             )
         except (redis.ConnectionError, redis.TimeoutError) as error:
             raise TransientHandlerError(

@@ -24,6 +24,7 @@ from engine.engine import Engine
 from engine.errors import ConfigurationError, TransientHandlerError
 from engine.events import Event, event_from_mapping
 from engine.loader import RuleSet, load_rules
+from handlers.cache import InvalidateCacheHandler, MemoryCache
 from handlers.registry import HandlerRegistry, builtin_handler_classes
 from handlers.scale import ScaleHandler
 from infra.pubsub import PubSubSource, decode_message, provision
@@ -88,44 +89,99 @@ def run_one(ruleset: RuleSet, registry: HandlerRegistry, event: Event) -> Action
     return action
 
 
-# invalidate_cache on Redis
+# invalidate_cache on Redis and in process
 
+# The target a rule file writes, the event's data, the keys cached and the
+# keys left. Glob characters written in the rule are patterns; those an
+# event brings in match only themselves.
 _CACHE_CASES = [
     pytest.param(
-        "project:7",
+        "project:{{ data.projectId }}",
+        {"projectId": "7"},
         ["project:7", "project:70", "project:7:members"],
         ["project:70", "project:7:members"],
         id="an exact key removes that key only",
     ),
     pytest.param(
         "stats:*",
+        {},
         ["stats:daily", "stats:weekly:eu", "stat:daily", "project:1"],
         ["stat:daily", "project:1"],
         id="a star glob removes every key under the prefix",
     ),
     pytest.param(
         "user:?",
+        {},
         ["user:1", "user:2", "user:10"],
         ["user:10"],
         id="a question mark matches exactly one character",
     ),
     pytest.param(
         "user:[12]",
+        {},
         ["user:1", "user:2", "user:3"],
         ["user:3"],
         id="a character class matches its members only",
     ),
+    pytest.param(
+        "user:{{ data.uid }}",
+        {"uid": "*"},
+        ["user:*", "user:1", "user:2"],
+        ["user:1", "user:2"],
+        id="a star from the event removes the key it spells alone",
+    ),
+    pytest.param(
+        "project:{{ data.projectId }}",
+        {"projectId": "prj-[12]"},
+        ["project:prj-[12]", "project:prj-1", "project:prj-2"],
+        ["project:prj-1", "project:prj-2"],
+        id="brackets from the event are no character class",
+    ),
+    pytest.param(
+        "project:{{ data.projectId }}:*",
+        {"projectId": "prj-[12]"},
+        [
+            "project:prj-[12]:members",
+            "project:prj-[12]:stats",
+            "project:prj-1:members",
+            "project:prj-2:stats",
+        ],
+        ["project:prj-1:members", "project:prj-2:stats"],
+        id="the rule's pattern around an event's value keeps to that project",
+    ),
+    pytest.param(
+        "user:{{ data.uid }}",
+        {"uid": "a?\\b"},
+        ["user:a?\\b", "user:ax\\b", "user:a?b"],
+        ["user:a?b", "user:ax\\b"],
+        id="a question mark and a backslash from the event match themselves",
+    ),
 ]
 
 
+def purge_rules(directory: Path, target: str) -> RuleSet:
+    """Write and load one rule that purges `target` on ops.purge_requested."""
+    directory.mkdir()
+    # The prefix keeps each test to keys of its own.
+    (directory / "purge.yaml").write_text(
+        "rules:\n"
+        "  - name: purge-on-request\n"
+        "    on: ops.purge_requested\n"
+        "    actions:\n"
+        "      - action: invalidate_cache\n"
+        f"        params: {{target: '{{{{ data.prefix }}}}{target}'}}\n"
+    )
+    return load_rules(directory)
+
+
 @pytest.mark.redis
-@pytest.mark.parametrize(("target", "keys", "remaining"), _CACHE_CASES)
+@pytest.mark.parametrize(("target", "data", "keys", "remaining"), _CACHE_CASES)
 def test_redis_backend_removes_exactly_the_matching_keys(
     target: str,
+    data: dict[str, str],
     keys: list[str],
     remaining: list[str],
     redis_url: str,
-    ruleset: RuleSet,
     tmp_path: Path,
 ) -> None:
     """invalidate_cache configured for Redis removes the matches, nothing else."""
@@ -138,8 +194,8 @@ def test_redis_backend_removes_exactly_the_matching_keys(
     )
 
     try:
-        event = request("ops.purge_requested", {"target": f"{prefix}{target}"})
-        action = run_one(ruleset, registry, event)
+        event = request("ops.purge_requested", {"prefix": prefix, **data})
+        action = run_one(purge_rules(tmp_path / "rules", target), registry, event)
         left = sorted(client.scan_iter(match=f"{prefix}*", count=1000))
     finally:
         registry.close()
@@ -153,6 +209,35 @@ def test_redis_backend_removes_exactly_the_matching_keys(
         {"removed": len(keys) - len(remaining)},
     )
     assert left == sorted(f"{prefix}{key}" for key in remaining)
+
+
+@pytest.mark.parametrize(("target", "data", "keys", "remaining"), _CACHE_CASES)
+def test_memory_backend_removes_what_redis_removes(
+    target: str,
+    data: dict[str, str],
+    keys: list[str],
+    remaining: list[str],
+    tmp_path: Path,
+) -> None:
+    """The in-process cache reads targets and escapes as the Redis backend does."""
+    registry = configured_registry(tmp_path, "handlers:\n  invalidate_cache: {}\n")
+    handler = registry.get("invalidate_cache")
+    assert isinstance(handler, InvalidateCacheHandler)
+    assert isinstance(handler.backend, MemoryCache)
+    cache = handler.backend
+    for key in keys:
+        cache.put(f"p:{key}", "cached")
+
+    event = request("ops.purge_requested", {"prefix": "p:", **data})
+    action = run_one(purge_rules(tmp_path / "rules", target), registry, event)
+
+    assert (action.outcome, action.result) == (
+        "ok",
+        {"removed": len(keys) - len(remaining)},
+    )
+    assert [key for key in keys if cache.get(f"p:{key}") is not None] == [
+        key for key in keys if key in remaining
+    ]
 
 
 # scale and change_tier on Pub/Sub

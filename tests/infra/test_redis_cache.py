@@ -5,14 +5,22 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import yaml
 
 from engine.errors import TransientHandlerError
+from handlers.cache_keys import escape_glob
 from infra.redis_cache import RedisCacheBackend
 
 pytestmark = pytest.mark.redis
+
+PATTERNS = yaml.safe_load(
+    (Path(__file__).parents[1] / "fixtures" / "cache" / "patterns.yaml").read_text()
+)
 
 
 @pytest.fixture
@@ -104,6 +112,54 @@ def test_glob_patterns_follow_redis_matching(
     left = sorted({k.removeprefix(prefix) for k in client.scan_iter(f"{prefix}*")})
     assert left == expected_left
     assert removed == len(names) - len(expected_left)
+
+
+@pytest.mark.parametrize("case", PATTERNS["cases"], ids=lambda case: case["name"])
+def test_redis_matches_the_keys_the_in_process_cache_matches(
+    client: redis.Redis, prefix: str, case: dict[str, Any]
+) -> None:
+    """The glob table the in-process cache follows is the one Redis follows."""
+    client.mset({f"{prefix}{key}": "v" for key in PATTERNS["keys"]})
+
+    found = {
+        key.removeprefix(prefix)
+        for key in client.scan_iter(match=f"{prefix}{case['pattern']}", count=1000)
+    }
+
+    assert sorted(found) == sorted(case["matches"])
+
+
+@pytest.mark.parametrize(
+    ("key", "others"),
+    [
+        ("user:*", ["user:1", "user:2"]),
+        ("user:?", ["user:1", "user:22"]),
+        ("project:prj-[12]", ["project:prj-1", "project:prj-2"]),
+        ("path:a\\b", ["path:ab", "path:a\\\\b"]),
+    ],
+    ids=["star", "question mark", "brackets", "backslash"],
+)
+def test_an_escaped_target_removes_the_key_it_spells_alone(
+    client: redis.Redis,
+    prefix: str,
+    backend: RedisCacheBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    key: str,
+    others: list[str],
+) -> None:
+    """Escaped, a key holding glob characters is one exact key: no SCAN."""
+    client.mset({f"{prefix}{name}": "v" for name in [key, *others]})
+    # Spied on this backend's own client: the server's command counts are
+    # shared with every other client of the server.
+    scans: list[Any] = []
+    monkeypatch.setattr(backend._client, "scan", lambda *a, **k: scans.append(a))
+
+    removed = backend.invalidate(escape_glob(f"{prefix}{key}"))
+
+    assert scans == []
+    left = sorted({k.removeprefix(prefix) for k in client.scan_iter(f"{prefix}*")})
+    assert removed == 1
+    assert left == sorted(others)
 
 
 def test_ping_succeeds_on_a_live_server(backend: RedisCacheBackend) -> None:
