@@ -450,7 +450,9 @@ def provision(
     dead-letter topic. On Google Cloud, forwarding needs the Pub/Sub service
     account to be allowed to publish there. Invalid events do not depend on
     it: the engine publishes them to the dead-letter topic itself. Existing
-    resources are left as they are, settings included.
+    resources are left as they are, settings included, except that an
+    existing subscription of another topic or with the other ordering is
+    an error.
 
     Args:
         project: the Google Cloud project id.
@@ -469,7 +471,7 @@ def provision(
     Raises:
         TransientSourceError: Pub/Sub is unavailable; a retry may succeed.
         SourceError: Pub/Sub refused to create a resource, or an existing
-            subscription belongs to another topic.
+            subscription belongs to another topic or is ordered otherwise.
     """
     paths = {
         "topic": _resource_path(project, "topics", topic),
@@ -494,10 +496,6 @@ def provision(
             "ack_deadline_seconds": ack_deadline,
         },
     }
-    topic_of = {
-        "subscription": paths["topic"],
-        "dead_letter_subscription": paths["dead_letter_topic"],
-    }
     publisher = pubsub_v1.PublisherClient()
     subscriber = pubsub_v1.SubscriberClient()
     created: list[str] = []
@@ -511,8 +509,8 @@ def provision(
                 else:
                     publisher.create_topic(name=path)
             except api_exceptions.AlreadyExists:
-                if key in topic_of:
-                    _check_subscription_topic(subscriber, path, topic_of[key])
+                if key in subscription_settings:
+                    _check_subscription(subscriber, path, subscription_settings[key])
                 continue
             except api_exceptions.GoogleAPIError as error:
                 raise _source_error(error, "create", path) from error
@@ -531,26 +529,48 @@ def provision(
     }
 
 
-def _check_subscription_topic(subscriber: Any, path: str, topic: str) -> None:
-    """Refuse an existing subscription that is attached to another topic.
+def _check_subscription(subscriber: Any, path: str, wanted: dict[str, Any]) -> None:
+    """Refuse an existing subscription whose topic or ordering is not the one asked.
 
-    Finding it is not enough: a subscription of another topic would never
-    receive what is published to `topic`, and the worker would wait for
-    events that cannot arrive.
+    Finding it is not enough:
+
+    1. A subscription of another topic would never receive what is
+       published to the topic asked for, and the worker would wait for
+       events that cannot arrive.
+    2. Ordering is what makes the worker equal a replay after a crash, and
+       Pub/Sub cannot change it on an existing subscription: kept and
+       called 'found', an unordered one would lose that equality without
+       a word, and an ordered one would run otherwise than asked.
 
     Raises:
-        SourceError: the subscription belongs to another topic, or Pub/Sub
-            refused to describe it.
+        SourceError: the subscription differs from `wanted` in its topic or
+            its ordering, or Pub/Sub refused to describe it.
     """
     try:
         found = subscriber.get_subscription(subscription=path, timeout=30)
     except api_exceptions.GoogleAPIError as error:
         raise _source_error(error, "describe", path) from error
+    topic = wanted["topic"]
     if found.topic != topic:
         raise SourceError(
             f"The subscription {path} already exists on the topic {found.topic}, "
             f"not on {topic}; name another subscription or delete that one."
         )
+    ordered = wanted.get("enable_message_ordering")
+    if ordered is None or bool(found.enable_message_ordering) == ordered:
+        return
+    if ordered:
+        raise SourceError(
+            f"The subscription {path} already exists without message ordering, "
+            "but --ordered asks for it; Pub/Sub cannot turn ordering on for an "
+            "existing subscription, so delete it and provision again, or name "
+            "another subscription."
+        )
+    raise SourceError(
+        f"The subscription {path} already exists with message ordering, but "
+        "ordering was not asked for; add --ordered to keep it, or delete it and "
+        "provision again, or name another subscription."
+    )
 
 
 # Decoding

@@ -57,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--ordered",
         action="store_true",
         help="deliver messages with one ordering key in publish order; the "
-        "worker then equals replay even after a crash",
+        "worker then equals replay even after a crash (an existing subscription "
+        "must have the same ordering)",
     )
     parser.set_defaults(run=run)
 

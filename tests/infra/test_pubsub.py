@@ -99,6 +99,60 @@ def test_provision_refuses_a_subscription_of_another_topic(
     )
 
 
+@pytest.mark.emulator
+@pytest.mark.parametrize(
+    ("existing", "asked", "message"),
+    [
+        pytest.param(
+            False,
+            True,
+            "The subscription {path} already exists without message ordering, "
+            "but --ordered asks for it; Pub/Sub cannot turn ordering on for an "
+            "existing subscription, so delete it and provision again, or name "
+            "another subscription.",
+            id="unordered found, ordered asked",
+        ),
+        pytest.param(
+            True,
+            False,
+            "The subscription {path} already exists with message ordering, but "
+            "ordering was not asked for; add --ordered to keep it, or delete it "
+            "and provision again, or name another subscription.",
+            id="ordered found, unordered asked",
+        ),
+    ],
+)
+def test_provision_refuses_a_subscription_ordered_otherwise(
+    pubsub_emulator_host: str,
+    project_id: str,
+    existing: bool,
+    asked: bool,
+    message: str,
+) -> None:
+    """An existing subscription with the other ordering is an error, not 'found'."""
+    arguments = (project_id, "events", "engine", "dead-letters", "dead-letters-kept")
+    provision(*arguments, ordered=existing)
+
+    with pytest.raises(SourceError) as raised:
+        provision(*arguments, ordered=asked)
+
+    path = f"projects/{project_id}/subscriptions/engine"
+    assert str(raised.value) == message.format(path=path)
+
+
+@pytest.mark.emulator
+def test_provision_finds_an_ordered_subscription_when_ordering_is_asked(
+    pubsub_emulator_host: str, project_id: str
+) -> None:
+    """The same ordering asked again finds every resource and creates none."""
+    arguments = (project_id, "events", "engine", "dead-letters", "dead-letters-kept")
+    provision(*arguments, ordered=True)
+
+    again = provision(*arguments, ordered=True)
+
+    assert again["created"] == []
+
+
 # Pulling and settling
 
 
