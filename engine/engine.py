@@ -488,7 +488,8 @@ class Engine:
         the event and the explanation is built if and when it runs.
         """
         at = view.ts
-        plans = self._action_plans(runtime)
+        # The cache read inline: the call would cost as much as the lookup.
+        plans = self._action_plan_cache.get(runtime.name) or self._action_plans(runtime)
         coalesce = self._coalesce
         if len(plans) == 1:
             # The common case, one action: no lists, no second loop.
@@ -545,13 +546,14 @@ class Engine:
         burst is never left unapplied (a purge that only led a burst would
         leave the cache stale).
         """
-        if entry["pending"] is None:
+        held = entry["pending"]
+        if held is None:
             self.schedule(entry["until"], "#coalesce", key)
         else:
             # Only the action replaced is coalesced away: the one held runs
             # when the interval ends, so every action decided either runs
             # or is counted here once.
-            self.stats.coalesced[entry["pending"][0]] += 1
+            self.stats.coalesced[held[0]] += 1
         entry["pending"] = (
             runtime.name,
             plan.position,

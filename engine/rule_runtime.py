@@ -142,6 +142,9 @@ class WindowGroup(dict[Any, SlidingWindow]):
         super().__init__()
         self.last_view: Event | None = None
         self.last_added: bool | None = None
+        # The aggregate once `last_view` was counted: every rule of the group
+        # evaluates it, and the window does not change before the next event.
+        self.last_value: float | None = None
 
 
 def aggregate_signature(spec: RuleSpec) -> str:
@@ -242,7 +245,9 @@ class AggregateRuntime(RuleRuntime):
                 windows.last_added = None
             else:
                 window = windows.get(key) or self._window(key)
-                windows.last_added = window.add(event.ts, value, engine.clock, event.id)
+                counted = window.add(event.ts, value, engine.clock, event.id)
+                windows.last_added = counted
+                windows.last_value = window.value(engine.clock) if counted else None
         added = windows.last_added
         if not added:
             if added is None:
@@ -252,7 +257,7 @@ class AggregateRuntime(RuleRuntime):
             return
         state = self.states.get(key) or self._state(key)
         state.trigger = (event.id, event.type)
-        self.evaluate(engine, key, engine.clock, windows[key], state)
+        self.evaluate(engine, key, engine.clock, windows.last_value, state)
 
     def on_timer(self, engine: Engine, key: Any, due: float) -> None:
         """Re-evaluate a key when its `for`, cooldown or repeat time comes."""
@@ -262,7 +267,7 @@ class AggregateRuntime(RuleRuntime):
         state.timer_due = None
         window = self.windows.get(key)
         if window is not None:
-            self.evaluate(engine, key, due, window, state)
+            self.evaluate(engine, key, due, window.value(due), state)
 
     def _schedule(self, engine: Engine, key: Any, state: _KeyState, due: float) -> None:
         if state.timer_due is not None and state.timer_due <= due:
@@ -275,11 +280,10 @@ class AggregateRuntime(RuleRuntime):
         engine: Engine,
         key: Any,
         now: float,
-        window: SlidingWindow,
+        value: float | None,
         state: _KeyState,
     ) -> None:
-        """Decide, from the aggregate at `now`, whether the rule fires."""
-        value = window.value(now)
+        """Decide, from the aggregate's value at `now`, whether the rule fires."""
         if value is None:
             return
         verdict = self._verdicts.get(value)
