@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+
+from google.auth.exceptions import DefaultCredentialsError
 
 from engine.errors import EngineError
 from engine.logging import configure_logging
@@ -74,9 +77,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" {error.filename!r}" if error.filename else ""
         print(f"error: {error.strerror or error}{where}.", file=sys.stderr)
         return 2
+    except DefaultCredentialsError as error:
+        # Raised as a Google client is built, by any command that builds one;
+        # the library's own message is a paragraph with a link.
+        print(f"error: {_credentials_problem(error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return status
+
+
+def _credentials_problem(error: DefaultCredentialsError) -> str:
+    """Say in one line why no Google credentials could be used."""
+    key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if key_file:
+        # The first argument is the sentence; a second may hold the cause.
+        reason = error.args[0] if error.args else error
+        return (
+            f"The Google credentials in GOOGLE_APPLICATION_CREDENTIALS "
+            f"({key_file!r}) could not be used: {reason}"
+        )
+    return (
+        "No Google credentials were found; set GOOGLE_APPLICATION_CREDENTIALS "
+        "to a service account key file, or PUBSUB_EMULATOR_HOST and "
+        "FIRESTORE_EMULATOR_HOST to use the emulators."
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""Tests of `python -m engine replay`: exit status, output and messages."""
+"""Tests of the `rules-engine` command line: exit status, output and messages.
+
+Most run `replay` in a fresh interpreter, as operators do; the errors of
+commands that reach Google Cloud are checked in process, where the
+credential lookup can be made to fail without looking anywhere.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import google.auth
 import pytest
+from google.auth.exceptions import DefaultCredentialsError
+
+from engine.cli import main
 
 ROOT = Path(__file__).parents[2]
 STREAMS = ROOT / "tests" / "fixtures" / "streams"
@@ -179,4 +188,102 @@ def test_a_directory_as_the_event_file_is_named_as_such(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr == (
         f"error: The event file '{tmp_path}' is a directory, not a file.\n"
+    )
+
+
+# Commands that build a Google client, with the arguments that get them there.
+_GOOGLE_COMMANDS = [
+    pytest.param(
+        ["provision", "--project", "p", "--topic", "events", "--subscription", "e"],
+        id="provision",
+    ),
+    pytest.param(
+        ["publish", str(GOLDEN), "--project", "p", "--topic", "events"],
+        id="publish",
+    ),
+    pytest.param(
+        ["record", "--project", "p", "--subscription", "e", "--out", "{tmp}/r.jsonl"],
+        id="record",
+    ),
+    pytest.param(
+        [
+            "run",
+            "--project",
+            "p",
+            "--subscription",
+            "e",
+            "--rules",
+            str(ROOT / "rules"),
+        ],
+        id="run",
+    ),
+    pytest.param(["explain", "a-1", "--project", "p"], id="explain"),
+]
+
+
+@pytest.fixture
+def credentials_lookup(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Make Google's credential lookup fail here, without asking any server."""
+    for name in (
+        "PUBSUB_EMULATOR_HOST",
+        "FIRESTORE_EMULATOR_HOST",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    # Should anything still probe for a metadata server, it stays on loopback.
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")
+    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+
+    def no_credentials(*args: object, **kwargs: object) -> None:
+        raise DefaultCredentialsError("Your default credentials were not found.")
+
+    monkeypatch.setattr(google.auth, "default", no_credentials)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("command", _GOOGLE_COMMANDS)
+def test_missing_google_credentials_are_one_line_saying_what_to_set(
+    command: list[str],
+    credentials_lookup: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No traceback: exit 2 and a line naming the variables to set."""
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in command]
+
+    status = main(["--log-level", "warning", *argv])
+
+    assert status == 2
+    assert capsys.readouterr().err == (
+        "error: No Google credentials were found; set "
+        "GOOGLE_APPLICATION_CREDENTIALS to a service account key file, or "
+        "PUBSUB_EMULATOR_HOST and FIRESTORE_EMULATOR_HOST to use the emulators.\n"
+    )
+
+
+def test_an_unusable_credentials_file_is_named_with_the_reason(
+    credentials_lookup: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A key file that cannot be used is named, not reported as missing."""
+    key_file = tmp_path / "key.json"
+    credentials_lookup.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+
+    def unusable(*args: object, **kwargs: object) -> None:
+        raise DefaultCredentialsError(
+            f"File {key_file} is not a valid json file.", ValueError("line 1")
+        )
+
+    credentials_lookup.setattr(google.auth, "default", unusable)
+
+    status = main(
+        ["provision", "--project", "p", "--topic", "t", "--subscription", "e"]
+    )
+
+    assert status == 2
+    assert capsys.readouterr().err == (
+        "error: The Google credentials in GOOGLE_APPLICATION_CREDENTIALS "
+        f"({str(key_file)!r}) could not be used: File {key_file} is not a valid "
+        "json file.\n"
     )
