@@ -81,10 +81,10 @@ def open_output(path: str | Path) -> IO[bytes]:
 
     Appending keeps what an earlier run recorded and acknowledged, which
     exists nowhere else; a gzip file then holds several members, which gzip
-    readers take as one stream.
+    readers take as one stream. The file's folder must exist (the record
+    command makes it as it checks the name).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     if target.suffix == ".gz":
         # typeshed types GzipFile as a buffered stream, not as IO[bytes],
         # though it has every method used here.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from engine.commands.outputs import prepare_output
 from engine.demo_stream import build_demo_stream
 
 __all__ = ["register"]
@@ -30,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Build the stream and print the number of events of each type."""
+    prepare_output(args.out)
     counts = build_demo_stream(args.out, args.data_dir)
     width = max(len(event_type) for event_type in counts)
     for event_type, count in counts.items():

@@ -6,6 +6,7 @@ import argparse
 import math
 
 from engine.commands.arguments import positive_number, whole_number
+from engine.commands.outputs import prepare_output
 from engine.csv_import import (
     MAX_EVENTS,
     CountMode,
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         offset = 0.0 if args.offset is None else args.offset
         mode = ValueMode(args.field, scale, offset)
 
+    prepare_output(args.out)
     options = ImportOptions(
         event_type=args.type,
         source=args.source,

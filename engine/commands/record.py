@@ -8,6 +8,7 @@ from contextlib import ExitStack
 from types import FrameType
 
 from engine.commands.arguments import positive_number, whole_number
+from engine.commands.outputs import prepare_output
 from infra.pubsub import PubSubSource
 from infra.stream_recorder import open_output, record_subscription
 
@@ -51,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Record the subscription and print what was written and rejected."""
+    for name in (args.out, args.rejects_out):
+        if name:
+            prepare_output(name)
     with ExitStack() as stack:
         _interrupt_on_sigterm(stack)
         source = stack.enter_context(PubSubSource(args.project, args.subscription))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import structlog
 
+from engine.commands.outputs import prepare_output
 from engine.errors import ConfigurationError
 from engine.loader import load_rules
 from engine.replay import ReplayIncomplete, open_stream, replay_stream
@@ -48,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
     open_stream(args.events).close()
     outputs = [name for name in (args.actions_out, args.dead_letter_out) if name]
     for name in outputs:
-        if Path(name).is_dir():
-            raise ConfigurationError(f"The output {name!r} is a directory, not a file.")
+        prepare_output(name)
     # Opening an output truncates it: it must be neither the input nor the
     # other output.
     seen = [Path(args.events).resolve()]
@@ -60,10 +60,8 @@ def run(args: argparse.Namespace) -> int:
                 "output; give each its own file."
             )
         seen.append(Path(name).resolve())
-    Path(args.actions_out).parent.mkdir(parents=True, exist_ok=True)
     dead_letter = None
     if args.dead_letter_out:
-        Path(args.dead_letter_out).parent.mkdir(parents=True, exist_ok=True)
         dead_letter = open(args.dead_letter_out, "wb")  # noqa: SIM115 - closed below
     try:
         with open(args.actions_out, "wb") as actions:

@@ -7,12 +7,12 @@ import signal
 from contextlib import ExitStack
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 from types import FrameType
 
 import structlog
 
 from engine.commands.arguments import positive_number, whole_number
+from engine.commands.outputs import prepare_output
 from engine.config import (
     EngineConfig,
     add_config_argument,
@@ -225,7 +225,8 @@ def _options(args: argparse.Namespace) -> WorkerOptions:
     """Build the worker's settings; argparse has checked the numbers.
 
     Raises:
-        ConfigurationError: a duration option is not a duration.
+        ConfigurationError: a duration option is not a duration, or
+            --actions-out names no file that can be created.
     """
     retention = None
     if args.dedup_retention != "rules":
@@ -235,7 +236,7 @@ def _options(args: argparse.Namespace) -> WorkerOptions:
         subscription=args.subscription,
         namespace=args.namespace,
         dead_letter_topic=args.dead_letter_topic,
-        actions_out=Path(args.actions_out) if args.actions_out else None,
+        actions_out=prepare_output(args.actions_out) if args.actions_out else None,
         exit_when_idle=args.exit_when_idle,
         batch_size=args.batch_size,
         commit_interval=args.commit_interval,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from engine.commands.outputs import prepare_output
 from engine.rule_schema import render_schema
 
 __all__ = ["register"]
@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     text = render_schema()
     if not args.out:
         sys.stdout.write(text)
-    for name in args.out:
-        Path(name).parent.mkdir(parents=True, exist_ok=True)
-        Path(name).write_text(text, encoding="utf-8")
+    # Every name is checked before any file is written.
+    paths = [prepare_output(name) for name in args.out]
+    for path in paths:
+        path.write_text(text, encoding="utf-8")
     return 0
