@@ -9,15 +9,24 @@ store refuse a second effect.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ValidationError
 
+from engine.errors import EngineError, TransientHandlerError
 from engine.events import format_time
-from handlers.base import ActionRequest
+from handlers.base import ActionRequest, Handler, HandlerContext
 
-__all__ = ["ActionRecord", "Explanation", "action_id", "encode_record"]
+__all__ = [
+    "ActionRecord",
+    "Explanation",
+    "action_id",
+    "encode_record",
+    "run_handler",
+]
 
 
 def action_id(rule: str, position: int, event_id: str, at: float) -> str:
@@ -63,6 +72,8 @@ class ActionRecord:
     # Wall-clock seconds the handler took; None if no handler ran. Left out
     # of the mapping, so that a replay writes the same bytes every time.
     seconds: float | None = field(default=None, compare=False)
+    # Whether a failure may pass on another attempt; see `run_handler`.
+    retryable: bool = field(default=False, compare=False)
 
     def to_request(self) -> ActionRequest:
         """Return what a handler receives to carry out this action."""
@@ -88,6 +99,43 @@ class ActionRecord:
             mapping["error"] = self.error
         mapping["why"] = self.why.to_mapping()
         return mapping
+
+
+def run_handler(
+    record: ActionRecord,
+    handler: Handler,
+    context: HandlerContext,
+    params: BaseModel | None = None,
+) -> None:
+    """Carry out `record`'s action; set its outcome and its result or error.
+
+    `params` are the action's parameters already validated, when the caller
+    has them; otherwise they are validated here. A failure is retryable
+    when the handler raised `TransientHandlerError`, or an exception it did
+    not classify; invalid parameters and a `HandlerError` fail the same way
+    on every attempt, so they are not.
+    """
+    record.error = None
+    record.retryable = False
+    started = time.perf_counter()
+    try:
+        if params is None:
+            params = handler.Params.model_validate(record.params)
+        record.result = handler.execute(record.to_request(), params, context)
+        record.outcome = "ok"
+    except ValidationError as error:
+        record.outcome = "failed"
+        record.error = (
+            f"The rendered parameters are invalid: {error.errors()[0]['msg']}."
+        )
+    except EngineError as error:
+        record.outcome, record.error = "failed", str(error)
+        record.retryable = isinstance(error, TransientHandlerError)
+    except Exception as error:  # a handler bug must not stop the engine
+        record.outcome, record.error = "failed", f"{type(error).__name__}: {error}"
+        record.retryable = True
+    finally:
+        record.seconds = time.perf_counter() - started
 
 
 def encode_record(record: ActionRecord) -> bytes:

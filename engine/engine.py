@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,11 +21,11 @@ import orjson
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from engine.actions import ActionRecord, Explanation, action_id
+from engine.actions import ActionRecord, Explanation, action_id, run_handler
 from engine.compiler import compile_rules
 from engine.conditions import encode_value
 from engine.durations import format_duration
-from engine.errors import EngineError, EventRejected
+from engine.errors import EventRejected
 from engine.events import Event, format_time
 from engine.loader import RuleSet
 from engine.matcher import Matcher
@@ -593,29 +592,15 @@ class Engine:
             self._finish(record)
             return
         handler = self.registry.get(record.action)
-        request = record.to_request()
+        checked = self._static_params.get(id(record.params))
+        params = None
+        if checked is not None and checked[0] is record.params:
+            params = checked[1]
         self._current_action = record.id
-        started = time.perf_counter()
         try:
-            checked = self._static_params.get(id(record.params))
-            if checked is not None and checked[0] is record.params:
-                params = checked[1]
-            else:
-                params = handler.Params.model_validate(record.params)
-            record.result = handler.execute(request, params, self.context)
-            record.outcome = "ok"
-        except ValidationError as error:
-            record.outcome = "failed"
-            record.error = (
-                f"The rendered parameters are invalid: {error.errors()[0]['msg']}."
-            )
-        except EngineError as error:
-            record.outcome, record.error = "failed", str(error)
-        except Exception as error:  # a handler bug must not stop the engine
-            record.outcome, record.error = "failed", f"{type(error).__name__}: {error}"
+            run_handler(record, handler, self.context, params)
         finally:
             self._current_action = None
-            record.seconds = time.perf_counter() - started
         if record.outcome == "failed":
             log.warning(
                 "action failed",

@@ -14,7 +14,10 @@ event, for these reasons:
 
 Each action gets `max_attempts` in all, the first included, with a
 back-off that doubles from `backoff` seconds up to a minute; an action out
-of attempts is handed back to the worker to dead-letter. A retry runs the
+of attempts is handed back to the worker to dead-letter. Only a failure
+that a retry may fix is retried (`engine.actions.run_handler`): invalid
+parameters or a handler's `HandlerError` (a webhook answering 400, say)
+would fail the same way every time, and are dead-lettered at once. A retry runs the
 handler outside the event flow: an event it emits (a tier change's
 `tier.changed`) is processed with the next event.
 """
@@ -23,10 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from engine.actions import ActionRecord, Explanation
-from engine.errors import EngineError
+from engine.actions import ActionRecord, Explanation, run_handler
 
 if TYPE_CHECKING:
     from engine.engine import Engine
@@ -52,15 +52,21 @@ class RetryQueue:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, record: ActionRecord, now: float) -> None:
-        """Queue an action that just failed its first attempt."""
-        if self.max_attempts <= 1:
-            return
+    def add(self, record: ActionRecord, now: float) -> bool:
+        """Queue an action that just failed its first attempt, if worth it.
+
+        Returns False when the action gets no other attempt: its failure is
+        not retryable, or one attempt is all it has; the caller then
+        dead-letters it.
+        """
+        if self.max_attempts <= 1 or not record.retryable:
+            return False
         self._entries[record.id] = {
             "record": _encode(record),
             "attempts": 1,
             "next_at": now + self.backoff,
         }
+        return True
 
     def due(self, now: float) -> list[str]:
         """Return the ids of the actions due for another attempt, oldest first."""
@@ -82,10 +88,12 @@ class RetryQueue:
         """
         entry = self._entries[action_id]
         record = _decode(entry["record"])
-        _execute(record, engine)
+        run_handler(record, engine.registry.get(record.action), engine.context)
         entry["attempts"] += 1
         attempts: int = entry["attempts"]
-        exhausted = record.outcome == "failed" and attempts >= self.max_attempts
+        exhausted = record.outcome == "failed" and (
+            attempts >= self.max_attempts or not record.retryable
+        )
         if record.outcome != "failed" or exhausted:
             del self._entries[action_id]
         else:
@@ -104,24 +112,6 @@ class RetryQueue:
     def restore(self, data: dict[str, Any]) -> None:
         """Continue from a snapshot taken by `snapshot`."""
         self._entries = {action_id: dict(entry) for action_id, entry in data.items()}
-
-
-def _execute(record: ActionRecord, engine: Engine) -> None:
-    handler = engine.registry.get(record.action)
-    request = record.to_request()
-    record.error = None
-    try:
-        params = handler.Params.model_validate(record.params)
-        record.result = handler.execute(request, params, engine.context)
-        record.outcome = "ok"
-    except ValidationError as error:
-        message = error.errors()[0]["msg"]
-        record.outcome = "failed"
-        record.error = f"The rendered parameters are invalid: {message}."
-    except EngineError as error:
-        record.outcome, record.error = "failed", str(error)
-    except Exception as error:  # a handler bug must not stop the worker
-        record.outcome, record.error = "failed", f"{type(error).__name__}: {error}"
 
 
 def _encode(record: ActionRecord) -> dict[str, Any]:

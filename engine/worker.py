@@ -622,8 +622,9 @@ class Worker:
         records = engine.take_actions()
         now = time.time()
         for record in records:
-            if record.outcome == "failed":
-                self.retries.add(record, now)
+            if record.outcome == "failed" and not self.retries.add(record, now):
+                # Not worth another attempt, or out of them already.
+                self._dead_letter_action(record, 1)
         batch.records += records
 
     def _retry_actions(self, due: list[str]) -> None:

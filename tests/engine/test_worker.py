@@ -32,7 +32,7 @@ import orjson
 import pytest
 from google.cloud import firestore, pubsub_v1
 
-from engine.errors import TransientHandlerError, TransientStateError
+from engine.errors import HandlerError, TransientHandlerError, TransientStateError
 from engine.loader import load_rules
 from engine.observability import Observability
 from engine.replay import replay_stream
@@ -602,16 +602,17 @@ def test_rejected_repeated_and_redelivered_messages_have_one_effect(
 
 
 class FlakyCacheHandler(InvalidateCacheHandler):
-    """A cache whose first `failures` invalidations fail."""
+    """A cache whose first `failures` invalidations fail with `error`."""
 
     failures: ClassVar[int] = 0
+    error: ClassVar[type[HandlerError]] = TransientHandlerError
 
     def execute(
         self, request: ActionRequest, params: Any, context: HandlerContext
     ) -> dict[str, Any]:
         if FlakyCacheHandler.failures > 0:
             FlakyCacheHandler.failures -= 1
-            raise TransientHandlerError("The cache did not answer in time.")
+            raise FlakyCacheHandler.error("The cache did not answer in time.")
         return super().execute(request, params, context)
 
 
@@ -630,7 +631,11 @@ _FLAKY_CASES = [
 
 
 def _run_flaky(
-    backend: Backend, tmp_path: Path, failures: int, retry_backoff: float
+    backend: Backend,
+    tmp_path: Path,
+    failures: int,
+    retry_backoff: float,
+    error: type[HandlerError] = TransientHandlerError,
 ) -> tuple[int, list[Any], dict[str, Any]]:
     """Run a worker whose cache handler fails `failures` times, on one event.
 
@@ -638,6 +643,7 @@ def _run_flaky(
     action document.
     """
     FlakyCacheHandler.failures = failures
+    FlakyCacheHandler.error = error
     registry = HandlerRegistry()
     registry.register(FlakyCacheHandler, FlakyCacheHandler())
     backend.publish([_profile_event("u1", 1)])
@@ -680,6 +686,23 @@ def test_a_failed_action_is_retried_then_dead_lettered(
     assert [(m.attributes["reason"], m.attributes["attempts"]) for m in dead] == (
         dead_letters
     )
+
+
+def test_a_failure_no_retry_can_fix_is_dead_lettered_at_once(
+    unordered_backend: Backend, tmp_path: Path
+) -> None:
+    """A HandlerError (say, a webhook's HTTP 400) gets one attempt, not three."""
+    status, written, document = _run_flaky(
+        unordered_backend, tmp_path, 99, retry_backoff=0.1, error=HandlerError
+    )
+    dead = unordered_backend.pull("dead-letters-kept")
+
+    assert status == 0
+    assert (document["outcome"], document["attempts"]) == ("failed", 1)
+    assert [record["outcome"] for record in written] == ["failed"]
+    assert [(m.attributes["reason"], m.attributes["attempts"]) for m in dead] == [
+        ("action_failed", "1")
+    ]
 
 
 # Idleness and readiness, in process
