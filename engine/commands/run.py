@@ -93,7 +93,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=whole_number(1),
         default=5,
         metavar="N",
-        help="attempts of a failed action before it is dead-lettered (default 5)",
+        help="attempts of a failed action before it is dead-lettered (default 5); "
+        "a failure no retry can fix (invalid parameters, HandlerError) gets one",
     )
     parser.add_argument(
         "--dedup-retention",
