@@ -15,9 +15,12 @@ Why this keeps the delivery guarantees:
 2. One commit at a time, in the order the worker took its checkpoints:
    the worker submits the next batch only once the previous one is done,
    so commits never race on the lease or the checkpoint's sequence.
-3. A commit hands back what its retries saw: the renewed lease, or the
-   error that ends it (`LeaseLostError`, `StateError`), which the
+3. A commit hands back what its retries saw: the batch made durable, or
+   the error that ends it (`LeaseLostError`, `StateError`), which the
    worker's thread raises or acts on the next time it looks.
+4. Every commit carries the lease through `LeaseKeeper.write`, which
+   takes turns with the keeper's own renewals and hands each write the
+   lease as the one before it left it.
 """
 
 from __future__ import annotations
@@ -36,12 +39,12 @@ from engine.prefetch import Prefetcher
 from infra.firestore_state import (
     CommitReport,
     FirestoreStateStore,
-    Lease,
     StateCommit,
 )
 from infra.pubsub import PubSubSource, SourceError
 
 if TYPE_CHECKING:
+    from engine.lease_keeper import LeaseKeeper
     from engine.observability import Observability
 
 __all__ = ["Batch", "Committed", "Committer"]
@@ -72,10 +75,9 @@ class Batch:
 
 @dataclass(frozen=True)
 class Committed:
-    """A batch made durable, with the lease its commit renewed."""
+    """A batch made durable, with what its commit wrote."""
 
     batch: Batch
-    lease: Lease
     report: CommitReport
     seconds: float
 
@@ -124,10 +126,10 @@ class Committer:
         """Tell whether a commit is in flight."""
         return self._inflight is not None
 
-    def submit(self, lease: Lease, batch: Batch) -> None:
-        """Start committing `batch`; one commit at a time."""
+    def submit(self, keeper: LeaseKeeper, batch: Batch) -> None:
+        """Start committing `batch` under the keeper's lease; one at a time."""
         assert self._inflight is None, "a commit is already in flight"
-        self._inflight = self._commits.submit(self._commit, lease, batch)
+        self._inflight = self._commits.submit(self._commit, keeper, batch)
         # Called once the result is there to poll, errors included.
         self._inflight.add_done_callback(lambda _: self._on_done())
 
@@ -171,8 +173,8 @@ class Committer:
 
     # The commit thread
 
-    def _commit(self, lease: Lease, batch: Batch) -> Committed:
-        lease, report = self._write(lease, batch)
+    def _commit(self, keeper: LeaseKeeper, batch: Batch) -> Committed:
+        report = self._write(keeper, batch)
         self._settle_later(batch.ack, nack=False)
         self._settle_later(batch.nack, nack=True)
         self._write_actions(batch.records)
@@ -180,9 +182,9 @@ class Committer:
             for record in batch.commit.actions:
                 self.observability.record_action(record)
         seconds = time.perf_counter() - batch.started
-        return Committed(batch, lease, report, seconds)
+        return Committed(batch, report, seconds)
 
-    def _write(self, lease: Lease, batch: Batch) -> tuple[Lease, CommitReport]:
+    def _write(self, keeper: LeaseKeeper, batch: Batch) -> CommitReport:
         """Commit, retrying with back-off while Firestore is away.
 
         Raises:
@@ -194,7 +196,9 @@ class Committer:
         give_up_at: float | None = None
         while True:
             try:
-                lease, report = self.store.commit(lease, batch.commit)
+                report = keeper.write(
+                    lambda lease: self.store.commit(lease, batch.commit)
+                )
             except TransientStateError as error:
                 self._mark_failing(error)
                 now = time.monotonic()
@@ -213,7 +217,7 @@ class Committer:
                 delay = min(delay * 2, _BACKOFF_MAX)
                 continue
             self._mark_succeeding()
-            return lease, report
+            return report
 
     def _mark_failing(self, error: TransientStateError) -> None:
         if self.observability is not None:

@@ -28,7 +28,11 @@ Delivery guarantees, and what makes them:
 3. One evaluator: only the holder of the Firestore lease pulls and
    processes, and every write it makes is fenced by the lease
    (`infra.firestore_state`), so N workers on one subscription decide
-   exactly what one would. Commits run one at a time, in order.
+   exactly what one would. Commits run one at a time, in order. The
+   lease is renewed from a thread of its own (`engine.lease_keeper`), so
+   a slow handler holding the worker's thread does not hand it over; a
+   worker that loses it all the same gives its messages back in an order
+   the successor can use (`Worker._give_back`).
 4. Order: with an ordering key on every message and message ordering on
    the subscription, Pub/Sub delivers in publish order, redeliveries
    included, and the worker's results equal a replay of the stream as
@@ -43,6 +47,7 @@ and returned on a stop would come back after later ones.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -60,6 +65,7 @@ from engine.committer import Batch, Committer
 from engine.engine import Engine
 from engine.errors import EventRejected, TransientStateError
 from engine.events import Event, format_time
+from engine.lease_keeper import LeaseKeeper
 from engine.loader import RuleSet
 from engine.prefetch import Prefetcher
 from engine.reorder import ReorderBuffer
@@ -68,7 +74,6 @@ from handlers.registry import HandlerRegistry
 from infra.firestore_documents import minute_key
 from infra.firestore_state import (
     FirestoreStateStore,
-    Lease,
     LeaseLostError,
     StateCommit,
     freeze_state,
@@ -98,6 +103,9 @@ log = structlog.get_logger(__name__)
 
 # Dead-letter attribute values are cut to stay far below Pub/Sub's limit.
 _MAX_ATTRIBUTE_CHARS = 1000
+# The ack deadline that returns the messages of an ordered subscription;
+# see `Worker._give_back`.
+_RETURN_SECONDS = 1
 # Messages held at once, in batches of `batch_size`: the one being
 # evaluated, the one being committed and one queued by the pull threads.
 _HELD_BATCHES = 3
@@ -223,8 +231,8 @@ class Worker:
         # Evaluated and frozen, waiting for the commit in flight to end.
         self._ready: Batch | None = None
         self._submitted: Batch | None = None
-        self._lease: Lease | None = None
-        self._renewed_at = 0.0
+        # Holds and renews the lease while this worker leads; None otherwise.
+        self._keeper: LeaseKeeper | None = None
         self._stopping = False
         self._standby_logged = False
         self._idle_since = time.monotonic()
@@ -262,7 +270,7 @@ class Worker:
         sys.setswitchinterval(min(switch_interval, _SWITCH_INTERVAL))
         try:
             while not self._stopping:
-                if self._lease is None and not self._lead():
+                if self._keeper is None and not self._lead():
                     self._stand_by()
                     continue
                 if not self._step():
@@ -329,9 +337,12 @@ class Worker:
             self.buffer.restore(saved["buffer"])
             self.retries.restore(saved["retries"])
             self.processed_total = saved["processed"]
-        self.engine, self._lease = engine, lease
+        self.engine = engine
+        self._keeper = LeaseKeeper(
+            self.store, lease, self.options.lease_seconds, on_lost=self.prefetcher.wake
+        )
+        self._keeper.start()
         self._open = _OpenBatch()
-        self._renewed_at = time.monotonic()
         self._idle_since = time.monotonic()
         self._standby_logged = False
         self.prefetcher.start()
@@ -370,34 +381,17 @@ class Worker:
             self.observability.heartbeat()
         time.sleep(min(1.0, self.options.lease_seconds / 3))
 
-    def _renew_if_due(self) -> None:
-        """Renew the lease when no commit has done it lately.
-
-        Only with no commit in flight: the commit thread is then the only
-        user of the store, and every commit renews the lease anyway.
-        """
-        lease = self._lease
-        assert self._committer is not None
-        if lease is None or self._committer.busy:
-            return
-        if time.monotonic() - self._renewed_at < self.options.lease_seconds / 3:
-            return
-        try:
-            self._lease = self.store.renew_lease(lease, self.options.lease_seconds)
-            self._renewed_at = time.monotonic()
-        except TransientStateError as error:
-            log.warning("lease renewal failed", error=str(error))
-        except LeaseLostError as error:
-            self._step_down(error)
-
     def _release(self) -> None:
-        if self._lease is None:
+        if self._keeper is None:
+            return
+        lease = self._keeper.stop()
+        self._keeper = None
+        if lease is None:
             return
         try:
-            self.store.release_lease(self._lease)
+            self.store.release_lease(lease)
         except TransientStateError as error:
             log.warning("lease release failed", error=str(error))
-        self._lease = None
 
     def _step_down(self, error: LeaseLostError) -> None:
         """Give up after losing the lease: the successor owns the messages.
@@ -406,21 +400,53 @@ class Worker:
         was refused, those taken since and those still queued.
         """
         log.warning("lease lost", worker=self.options.worker_id, error=str(error))
-        assert self._committer is not None
+        committer, keeper = self._committer, self._keeper
+        assert committer is not None and keeper is not None
+        if committer.busy:
+            # A commit that started after the loss fails at once; one that
+            # was done before it stays done, its messages acknowledged.
+            with contextlib.suppress(LeaseLostError):
+                if committer.poll(wait=True) is not None:
+                    self._submitted = None
+        keeper.stop()
         queued = [message.ack_id for message in self.prefetcher.stop()]
         returned = []
         for batch in (self._submitted, self._ready):
             if batch is not None:
                 returned += [*batch.ack, *batch.nack]
         returned += [*self._open.ack, *self._open.nack, *queued]
-        # In delivery order, after the acknowledgements of earlier commits,
-        # as `_finish` explains.
-        self._committer.wait_settled()
-        self._committer.settle(returned, nack=True)
+        # After the acknowledgements of earlier commits, in delivery order.
+        committer.wait_settled()
+        self._give_back(returned)
         self._open, self._ready, self._submitted = _OpenBatch(), None, None
         if self.engine is not None:
             self.engine.close()
-        self.engine, self._lease = None, None
+        self.engine, self._keeper = None, None
+
+    def _give_back(self, ack_ids: list[str]) -> None:
+        """Return messages that this worker will not commit.
+
+        On an ordered subscription their ack deadline is set to one second
+        instead of zero: the emulator delivers a message returned at once
+        after the later ones of its key, and the successor would process
+        the stream out of order. Measured with messages 0-1 acknowledged
+        and 2-4 held: returned at once, they came back as 5..29, 2, 3, 4;
+        left one second, or until their deadline, as 2..29.
+        """
+        assert self._committer is not None
+        if not self.ordered:
+            self._committer.settle(ack_ids, nack=True)
+            return
+        try:
+            if ack_ids:
+                self.source.extend(ack_ids, _RETURN_SECONDS)
+        except SourceError as error:
+            # They come back, in order, once their ack deadline has passed.
+            log.warning(
+                "messages not returned", messages=len(ack_ids), error=str(error)
+            )
+        finally:
+            self.prefetcher.release(ack_ids)
 
     def _finish(self) -> None:
         """Commit everything pulled, then release the lease.
@@ -433,12 +459,12 @@ class Worker:
         """
         assert self._committer is not None
         queued = self.prefetcher.stop()
-        if self._lease is None:
-            self._committer.settle([message.ack_id for message in queued], nack=True)
+        if self._keeper is None:
+            self._give_back([message.ack_id for message in queued])
             return
         if queued:
             self._take(queued)
-        while self._lease is not None and (
+        while self._keeper is not None and (
             self._committer.busy or self._ready is not None or not self._open.empty
         ):
             if self._ready is None and not self._open.empty:
@@ -458,8 +484,12 @@ class Worker:
         if self.observability is not None:
             self.observability.heartbeat()
         self._collect()
-        if self._lease is None:
+        keeper = self._keeper
+        if keeper is not None and keeper.lost is not None:
+            self._step_down(keeper.lost)
+        if self._keeper is None:
             return True
+        self._keeper.mark_progress()
         if self._open.empty and self._ready is None:
             self._between_batches()
 
@@ -479,8 +509,6 @@ class Worker:
         caught_up = quiet or self.prefetcher.caught_up
         if self._close_due(quiet, caught_up, due):
             self._close(quiet, due)
-        else:
-            self._renew_if_due()
         return not self._idle_long_enough()
 
     def _wait_seconds(self) -> float:
@@ -524,7 +552,7 @@ class Worker:
         """
         if self._ready is not None:
             self._collect(wait=True)
-            if self._lease is None:
+            if self._keeper is None:
                 return
         events = self.buffer.drain() if quiet else self.buffer.release()
         if events:
@@ -603,7 +631,10 @@ class Worker:
         assert engine is not None
         batch = self._open
         observe = self.observability
+        keeper = self._keeper
+        assert keeper is not None
         for event in events:
+            keeper.mark_progress()
             duplicates = engine.stats.duplicates
             engine.process(event)
             duplicate = engine.stats.duplicates > duplicates
@@ -683,11 +714,11 @@ class Worker:
 
     def _submit_ready(self) -> None:
         """Hand the evaluated batch to the committer once it is free."""
-        committer, lease, ready = self._committer, self._lease, self._ready
+        committer, keeper, ready = self._committer, self._keeper, self._ready
         assert committer is not None
-        if ready is None or lease is None or committer.busy:
+        if ready is None or keeper is None or committer.busy:
             return
-        committer.submit(lease, ready)
+        committer.submit(keeper, ready)
         self._submitted, self._ready = ready, None
 
     def _collect(self, wait: bool = False) -> None:
@@ -706,7 +737,6 @@ class Worker:
         if done is None:
             return
         self._submitted = None
-        self._lease, self._renewed_at = done.lease, time.monotonic()
         self._submit_ready()
         if self.observability is not None:
             assert self.engine is not None

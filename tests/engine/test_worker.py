@@ -32,6 +32,7 @@ import orjson
 import pytest
 from google.cloud import firestore, pubsub_v1
 
+from engine import lease_keeper
 from engine.errors import HandlerError, TransientHandlerError, TransientStateError
 from engine.loader import load_rules
 from engine.observability import Observability
@@ -39,6 +40,7 @@ from engine.replay import replay_stream
 from engine.worker import Worker, WorkerOptions
 from handlers.base import ActionRequest, HandlerContext
 from handlers.cache import InvalidateCacheHandler
+from handlers.notify import NotifyHandler
 from handlers.registry import HandlerRegistry
 from infra.emulators import LOOPBACK
 from infra.firestore_state import (
@@ -385,6 +387,141 @@ def test_two_workers_decide_what_one_decides(
     assert manifest is not None and manifest["epoch"] == 2
     # A stop by SIGTERM commits, acknowledges and writes before it exits,
     # so the two files together hold every action exactly once.
+    assert sorted(written) == sorted(reference.actions)
+    _assert_log_matches(ordered_backend, reference)
+
+
+class SlowNotifyHandler(NotifyHandler):
+    """An alert handler as slow as a webhook that answers after `seconds`."""
+
+    seconds: ClassVar[float] = 0.0
+    # How many calls are slow; the rest answer at once.
+    slow_calls: ClassVar[int] = 1_000_000
+
+    def execute(
+        self, request: ActionRequest, params: Any, context: HandlerContext
+    ) -> dict[str, Any]:
+        if SlowNotifyHandler.slow_calls > 0:
+            SlowNotifyHandler.slow_calls -= 1
+            time.sleep(SlowNotifyHandler.seconds)
+        return super().execute(request, params, context)
+
+
+def _slow_worker(
+    backend: Backend, out: Path, name: str, lease: float, idle: float = 1.5
+) -> Worker:
+    registry = HandlerRegistry()
+    registry.register(SlowNotifyHandler, SlowNotifyHandler())
+    settings = WorkerOptions(
+        project=backend.project,
+        subscription="engine",
+        actions_out=out,
+        exit_when_idle=idle,
+        lease_seconds=lease,
+        worker_id=name,
+    )
+    return Worker(
+        settings,
+        load_rules(RULES),
+        store=FirestoreStateStore(backend.project),
+        source=PubSubSource(backend.project, "engine"),
+        registry=registry,
+        ordered=backend.ordered,
+    )
+
+
+def _run_leader_then_standby(backend: Backend, workers: list[Worker]) -> list[int]:
+    """Run the first worker, the second once it leads; return exit statuses."""
+    statuses: list[int] = []
+    threads = [
+        threading.Thread(target=lambda w=w: statuses.append(w.run())) for w in workers
+    ]
+    threads[0].start()
+    lease_path = "engines/default/lease/current"
+    _wait_until(lambda: backend.document(lease_path) is not None, what="a lease")
+    threads[1].start()
+    for thread in threads:
+        thread.join(240)
+    # Only after a failure: the statuses are then short of one.
+    for worker in workers:
+        worker.stop()
+    return statuses
+
+
+def test_alerts_slower_than_the_lease_keep_one_leader(
+    ordered_backend: Backend,
+    reference: Reference,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each alert outlasts the lease; the leader keeps it and owes replay's actions.
+
+    Its engine thread is busy in the handler for longer than the lease
+    while the standby waits for it to expire. The lease changes hands once
+    only, when the leader exits idle.
+    """
+    lease = 2.0
+    SlowNotifyHandler.seconds = 1.5 * lease
+    ordered_backend.publish(reference.lines)
+    outputs = [tmp_path / "actions-a.jsonl", tmp_path / "actions-b.jsonl"]
+    workers = [
+        _slow_worker(ordered_backend, out, name, lease)
+        for out, name in zip(outputs, ("worker-a", "worker-b"), strict=True)
+    ]
+    statuses: list[int] = []
+    threads = [
+        threading.Thread(target=lambda w=w: statuses.append(w.run())) for w in workers
+    ]
+
+    threads[0].start()
+    _wait_until(lambda: ordered_backend.processed() > 0, what="a first commit")
+    threads[1].start()
+    for thread in threads:
+        thread.join(240)
+    for worker in workers:
+        worker.stop()
+    written = _lines([path for path in outputs if path.exists()])
+    lease_document = ordered_backend.document("engines/default/lease/current")
+
+    assert statuses == [0, 0]
+    assert lease_document is not None and lease_document["epoch"] == 2
+    assert sorted(written) == sorted(reference.actions)
+    _assert_log_matches(ordered_backend, reference)
+
+
+def test_a_leader_that_stalls_loses_the_lease_and_nothing_else(
+    ordered_backend: Backend,
+    reference: Reference,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A leader stuck past the lease is replaced; the stream stays in order.
+
+    The first alert stalls the leader for longer than the keeper allows, so
+    the standby takes over and the leader's next commit is refused. The
+    messages it held come back to the successor in their order, and the
+    two files hold replay's actions. The successor waits long enough for
+    them before it counts itself idle.
+    """
+    lease = 2.0
+    monkeypatch.setattr(lease_keeper, "MAX_STALL", 1.5)
+    monkeypatch.setattr(SlowNotifyHandler, "seconds", 3 * lease)
+    monkeypatch.setattr(SlowNotifyHandler, "slow_calls", 1)
+    ordered_backend.publish(reference.lines)
+    outputs = [tmp_path / "actions-a.jsonl", tmp_path / "actions-b.jsonl"]
+    workers = [
+        _slow_worker(ordered_backend, outputs[0], "worker-a", lease),
+        _slow_worker(ordered_backend, outputs[1], "worker-b", lease, idle=6.0),
+    ]
+
+    statuses = _run_leader_then_standby(ordered_backend, workers)
+    written = _lines([path for path in outputs if path.exists()])
+    lease_document = ordered_backend.document("engines/default/lease/current")
+
+    assert statuses == [0, 0]
+    assert outputs[1].exists()
+    # a, then b once a stalled, then a again once b exits idle.
+    assert lease_document is not None and lease_document["epoch"] == 3
     assert sorted(written) == sorted(reference.actions)
     _assert_log_matches(ordered_backend, reference)
 
