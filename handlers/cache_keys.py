@@ -13,6 +13,7 @@ user's entry.
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = ["compile_pattern", "escape_glob", "is_pattern", "literal_key"]
@@ -48,6 +49,9 @@ def literal_key(target: str) -> str:
     return re.sub(r"\\(.)", r"\1", target, flags=re.DOTALL)
 
 
+# Cached: a rule invalidates the same few patterns over and over (stats:*
+# once a minute), and translating one costs far more than matching it.
+@functools.lru_cache(maxsize=256)
 def compile_pattern(pattern: str) -> re.Pattern[str]:
     """Translate a Redis glob pattern into a regular expression.
 
