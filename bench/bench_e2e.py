@@ -133,35 +133,29 @@ def create_topic(project: str, topic: str, subscriptions: list[str]) -> None:
 # (a) the raw ceiling
 
 
-def drain(project: str, subscription: str, count: int) -> float:
-    """Pull and acknowledge `count` messages; return the seconds it took."""
+def drain(project: str, subscription: str, count: int, held: bool = False) -> float:
+    """Pull and acknowledge `count` messages; return the seconds it took.
+
+    With `held`, each pull's messages are acknowledged only after the next
+    pull has answered, so that some are always held while pulling.
+    """
     received = 0
+    waiting: list[str] = []
     with PubSubSource(project, subscription) as source:
         started = time.perf_counter()
         while received < count:
             batch = source.pull(max_messages=1000, timeout=10)
             if not batch:
                 sys.exit(f"{subscription}: only {received} of {count} arrived")
-            source.ack([message.ack_id for message in batch])
+            if waiting:
+                source.ack(waiting)
+            waiting = [message.ack_id for message in batch]
+            if not held:
+                source.ack(waiting)
+                waiting = []
             received += len(batch)
-        return time.perf_counter() - started
-
-
-def drain_held(project: str, subscription: str, count: int) -> float:
-    """Like `drain`, acknowledging each pull after the next one answered."""
-    received = 0
-    held: list[str] = []
-    with PubSubSource(project, subscription) as source:
-        started = time.perf_counter()
-        while received < count:
-            batch = source.pull(max_messages=1000, timeout=10)
-            if not batch:
-                sys.exit(f"{subscription}: only {received} of {count} arrived")
-            if held:
-                source.ack(held)
-            held = [message.ack_id for message in batch]
-            received += len(batch)
-        source.ack(held)
+        if waiting:
+            source.ack(waiting)
         return time.perf_counter() - started
 
 
@@ -374,7 +368,7 @@ def main() -> int:
     # would be compared with a cold ceiling. One untimed drain warms it.
     warm_seconds = drain(project, "warm-up", count)
     raw_seconds = drain(project, "raw", count)
-    held_seconds = drain_held(project, "held", count)
+    held_seconds = drain(project, "held", count, held=True)
     throughput = run_worker(project, "worker", count, THROUGHPUT_IDLE_SECONDS)
 
     # (c): steady rate from another process
