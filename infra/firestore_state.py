@@ -34,6 +34,14 @@ renews the lease. The epoch counts acquisitions and is stored in the
 manifest. Lease expiry is judged by each worker's wall clock, so clocks
 must agree to well within the lease length; fencing does not depend on it.
 
+Lost state. A store remembers the highest epoch and commit it has seen.
+Should the lease or the manifest later be missing, or older, Firestore
+lost the namespace's data (an emulator restarted without it, documents
+deleted by hand), and `StateLostError` says so instead of starting
+epoch 1 from an empty checkpoint, which would silently forget every
+window, cooldown and event id. A process that never saw the namespace
+cannot tell lost data from a new namespace, and starts it.
+
 Acquire, renew and release are compare-and-set writes on the lease
 document: read it, then write on the condition that it has not changed
 since, which is the one-document case of a Firestore transaction. The
@@ -104,6 +112,7 @@ __all__ = [
     "LeaseLostError",
     "Manifest",
     "StateCommit",
+    "StateLostError",
     "freeze_state",
     "utc_now",
 ]
@@ -129,6 +138,13 @@ _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 class LeaseLostError(StateError):
     """Another worker holds the lease now; this one must stop writing."""
+
+
+class StateLostError(LeaseLostError):
+    """Firestore no longer has the lease or checkpoint this store saw.
+
+    A lease lost this way cannot be taken again: the worker stops.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +270,9 @@ class FirestoreStateStore:
         self._in_doubt = False
         # The lease length last asked for; every commit renews it by as much.
         self._lease_seconds: float | None = None
+        # The highest lease epoch and commit seen: the namespace existed.
+        self._seen_epoch = 0
+        self._seen_seq = 0
 
     # Lease
 
@@ -264,9 +283,9 @@ class FirestoreStateStore:
             TransientStateError: Firestore is unreachable for now.
         """
         snapshot = self._get(self._lease_path)
-        if not snapshot.exists:
-            return None
-        return _lease_from(snapshot)
+        current = _lease_from(snapshot) if snapshot.exists else None
+        self._check_lease_kept(current)
+        return current
 
     def acquire_lease(self, holder: str, seconds: float) -> Lease | None:
         """Take the lease if it is free, expired or already ours; start an epoch.
@@ -274,11 +293,11 @@ class FirestoreStateStore:
         Returns None when another worker holds a live lease.
 
         Raises:
+            StateLostError: the lease this store saw is gone or older.
             TransientStateError: Firestore is unreachable for now.
         """
-        snapshot = self._get(self._lease_path)
+        current = self.read_lease()
         now = self._clock()
-        current = _lease_from(snapshot) if snapshot.exists else None
         if (
             current is not None
             and current.holder != holder
@@ -310,6 +329,7 @@ class FirestoreStateStore:
             # Another worker won the race for the same document.
             return None
         log.info("lease acquired", namespace=self.namespace, holder=holder, epoch=epoch)
+        self._seen_epoch = epoch
         self._manifest_known = False
         self._lease_seconds = seconds
         return Lease(holder, epoch, expires_at, results[0].update_time)
@@ -354,15 +374,15 @@ class FirestoreStateStore:
         """Return the current checkpoint, or None if none was ever written.
 
         Raises:
+            StateLostError: the manifest this store saw is gone or older.
             StateError: the chunks are missing or do not match the checksum.
             TransientStateError: Firestore is unreachable for now.
         """
-        snapshot = self._get(self._manifest_path)
+        manifest = self.read_manifest()
         self._manifest_known = True
-        if not snapshot.exists:
+        if manifest is None:
             self._manifest = None
             return None
-        manifest = _manifest_from(snapshot.to_dict())
         refs = [self._chunk_ref(i) for i in range(manifest.chunks)]
         chunks = {
             chunk.id: chunk.to_dict()
@@ -470,6 +490,7 @@ class FirestoreStateStore:
         skipped += part_skipped
 
         self._manifest = manifest
+        self._seen_seq = seq
         report = CommitReport(
             seq=seq,
             chunks=chunk_count,
@@ -491,7 +512,18 @@ class FirestoreStateStore:
             TransientStateError: Firestore is unreachable for now.
         """
         snapshot = self._get(self._manifest_path)
-        return _manifest_from(snapshot.to_dict()) if snapshot.exists else None
+        manifest = _manifest_from(snapshot.to_dict()) if snapshot.exists else None
+        seq = manifest.seq if manifest is not None else 0
+        if seq < self._seen_seq:
+            raise StateLostError(
+                f"Firestore lost the checkpoint of namespace {self.namespace!r}: "
+                f"this worker saw commit {self._seen_seq}, and the manifest now "
+                f"{'says commit ' + str(seq) if manifest else 'is missing'}. The "
+                "worker stops rather than go on from older or empty state; "
+                "restore the data, or delete the namespace to start it anew."
+            )
+        self._seen_seq = seq
+        return manifest
 
     def read_action(self, action_id: str) -> dict[str, Any] | None:
         """Return one logged action as `replay` writes it, or None.
@@ -581,6 +613,7 @@ class FirestoreStateStore:
         if not self._in_doubt:
             return lease
         stored = self.read_lease()
+        self._check_lease_kept(stored, lease.epoch)
         if (
             stored is None
             or stored.holder != lease.holder
@@ -594,6 +627,25 @@ class FirestoreStateStore:
         self._in_doubt = False
         self._manifest_known = False
         return Lease(lease.holder, lease.epoch, stored.expires_at, stored.update_time)
+
+    def _check_lease_kept(self, stored: Lease | None, held: int = 0) -> None:
+        """Raise `StateLostError` if the lease went back to before what was seen.
+
+        Only lost data moves it back: epochs only grow, and the lease
+        document is never deleted.
+        """
+        seen = max(self._seen_epoch, held)
+        epoch = stored.epoch if stored is not None else 0
+        if epoch < seen:
+            found = f"epoch {epoch}" if stored is not None else "no lease"
+            raise StateLostError(
+                f"Firestore lost the state of namespace {self.namespace!r}: this "
+                f"worker saw its lease at epoch {seen}, and it now finds {found}. "
+                "The worker stops rather than start again from an empty "
+                "checkpoint; restore the data, or delete the namespace to start "
+                "it anew."
+            )
+        self._seen_epoch = max(seen, epoch)
 
     def _commit_batch(self, batch: Any) -> list[Any]:
         try:

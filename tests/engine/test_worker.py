@@ -642,6 +642,37 @@ def test_the_worker_rides_out_a_firestore_restart(
     backend.close()
 
 
+def test_a_worker_stops_when_firestore_comes_back_without_its_data(
+    pubsub_emulator_host: str,
+    project_id: str,
+    reference: Reference,
+    dedicated_firestore: DedicatedFirestore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An emptied Firestore ends the run with an error, not a start from nothing."""
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", dedicated_firestore.host)
+    backend = Backend(project_id, ordered=True)
+    backend.publish(reference.lines)
+    log_path = tmp_path / "worker.log"
+    worker = _start_worker(backend, tmp_path / "actions.jsonl", log_path)
+    _wait_until(lambda: backend.processed() >= len(reference.lines) // 3)
+
+    dedicated_firestore.stop()
+    dedicated_firestore.start()
+    status = worker.wait(timeout=120)
+    last_line = log_path.read_text().splitlines()[-1]
+    processed = backend.processed()
+    backend.close()
+
+    assert status == 2
+    assert last_line.startswith(
+        "error: Firestore lost the state of namespace 'default': this worker "
+        "saw its lease at epoch 1, and it now finds no lease."
+    )
+    assert processed == 0
+
+
 # Message handling, in process
 
 

@@ -22,6 +22,7 @@ from infra.firestore_state import (
     Lease,
     LeaseLostError,
     StateCommit,
+    StateLostError,
 )
 
 pytestmark = pytest.mark.emulator
@@ -451,6 +452,96 @@ def test_a_takeover_during_a_lost_answer_stops_the_old_holder(
 
     with pytest.raises(LeaseLostError, match="moved to 'worker-b'"):
         old.commit(lease, _commit({"by": "a, again"}))
+
+
+# Lost state
+
+
+def _erase(client: Any, paths: list[str]) -> None:
+    """Delete documents, as an emulator restarted without its data would."""
+    for path in paths:
+        client.document(path).delete()
+
+
+_LEASE = "engines/test/lease/current"
+_MANIFEST = "engines/test"
+# Each case: what vanished, the call that finds out, and what it says.
+_LOSSES = [
+    (
+        "the lease, at acquisition",
+        [_LEASE, _MANIFEST],
+        lambda store, lease: store.acquire_lease("worker-a", 30),
+        "Firestore lost the state of namespace 'test': this worker saw its "
+        "lease at epoch 1, and it now finds no lease. The worker stops rather "
+        "than start again from an empty checkpoint; restore the data, or "
+        "delete the namespace to start it anew.",
+    ),
+    (
+        "the manifest, at load",
+        [_MANIFEST],
+        lambda store, lease: store.load(),
+        "Firestore lost the checkpoint of namespace 'test': this worker saw "
+        "commit 1, and the manifest now is missing. The worker stops rather "
+        "than go on from older or empty state; restore the data, or delete "
+        "the namespace to start it anew.",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("paths", "call", "message"),
+    [case[1:] for case in _LOSSES],
+    ids=[case[0] for case in _LOSSES],
+)
+def test_a_store_that_saw_its_namespace_refuses_to_start_it_anew(
+    client: Any, clock: FakeClock, paths: list[str], call: Any, message: str
+) -> None:
+    """Vanished documents are an error that says so, never an empty start."""
+    store = _store(client, clock)
+    lease = store.acquire_lease("worker-a", 30)
+    assert lease is not None
+    store.commit(lease, _commit({"n": 1}))
+    clock.advance(31)
+
+    _erase(client, paths)
+
+    with pytest.raises(StateLostError) as raised:
+        call(store, lease)
+    assert str(raised.value) == message
+
+
+def test_a_lost_answer_then_lost_data_stops_the_holder(
+    client: Any, clock: FakeClock, lose_answer: Callable[[], None]
+) -> None:
+    """A retry that finds no lease at all says the data was lost."""
+    store = _store(client, clock)
+    lease = store.acquire_lease("worker-a", 10)
+    assert lease is not None
+
+    lose_answer()
+    with pytest.raises(TransientStateError):
+        store.commit(lease, _commit({"n": 1}))
+    _erase(client, [_LEASE, _MANIFEST])
+
+    with pytest.raises(StateLostError, match="now finds no lease"):
+        store.commit(lease, _commit({"n": 1}))
+
+
+def test_a_standby_that_saw_the_lease_refuses_an_erased_namespace(
+    client: Any, clock: FakeClock
+) -> None:
+    """The standby stops too; a process that never saw it starts epoch 1."""
+    leader, standby = _store(client, clock), _store(client, clock)
+    assert leader.acquire_lease("worker-a", 10) is not None
+    assert standby.acquire_lease("worker-b", 10) is None
+    clock.advance(11)
+
+    _erase(client, [_LEASE])
+
+    with pytest.raises(StateLostError, match="saw its lease at epoch 1"):
+        standby.acquire_lease("worker-b", 10)
+    fresh = _store(client, clock).acquire_lease("worker-c", 10)
+    assert fresh is not None and fresh.epoch == 1
 
 
 def test_an_unreachable_firestore_raises_a_transient_error_at_once(
