@@ -104,6 +104,9 @@ class Prefetcher:
         self._short = False
         self._largest = _FULL_ANSWER
         self._woken = False
+        # Why the last pull failed, while pulls fail for a reason that a
+        # retry may fix; None once one succeeds.
+        self.pull_error: str | None = None
         self._error: SourceError | None = None
         self._running = False
         self._threads: list[threading.Thread] = []
@@ -221,12 +224,14 @@ class Prefetcher:
                 messages = self.source.pull(wanted, timeout=self.pull_timeout)
             except TransientSourceError as error:
                 log.warning("pull failed", error=str(error))
+                self.pull_error = str(error)
                 self._deliver(wanted, ticket, [])
                 self._sleep(_BACKOFF_SECONDS)
                 continue
             except SourceError as error:
                 self._deliver(wanted, ticket, [], error)
                 return
+            self.pull_error = None
             self._deliver(wanted, ticket, messages)
 
     def _reserve(self) -> tuple[int, int]:

@@ -86,10 +86,12 @@ from infra.pubsub import (
 )
 
 if TYPE_CHECKING:
+    from engine.health_probe import BackendProbe
     from engine.observability import Observability
     from engine.rule_watcher import RuleWatcher
 
 __all__ = [
+    "PUBSUB",
     "SubscriptionSettings",
     "Worker",
     "WorkerOptions",
@@ -110,6 +112,9 @@ _RETURN_SECONDS = 1
 # evaluated, the one being committed and one queued by the pull threads.
 _HELD_BATCHES = 3
 _NOT_READY = "Firestore does not answer: {error}"
+_PULLS_FAILING = "Pulls from Pub/Sub fail: {error}"
+# The name of the probe's Pub/Sub check, as `/readyz` gives it.
+PUBSUB = "Pub/Sub"
 # The worker's thread runs Python for long stretches, and every pull,
 # acknowledgement and commit needs the GIL back once gRPC has answered. At
 # Python's default switch interval of 5 ms each such hand-over may wait
@@ -190,6 +195,8 @@ class Worker:
         observability: metrics and status, when served.
         ordered: whether the subscription has message ordering on.
         watcher: reloads edited rules between batches, when watching.
+        probe: checks Pub/Sub, under the name `PUBSUB`, before the worker
+            calls itself idle.
     """
 
     def __init__(
@@ -204,6 +211,7 @@ class Worker:
         observability: Observability | None = None,
         ordered: bool = False,
         watcher: RuleWatcher | None = None,
+        probe: BackendProbe | None = None,
     ) -> None:
         self.options = options
         self.ruleset = apply_options(ruleset, options)
@@ -214,6 +222,7 @@ class Worker:
         self.observability = observability
         self.ordered = ordered
         self.watcher = watcher
+        self.probe = probe
         self.engine: Engine | None = None
         self.buffer = ReorderBuffer(options.allowed_lateness)
         self.retries = RetryQueue(options.max_attempts, options.retry_backoff)
@@ -236,6 +245,7 @@ class Worker:
         self._stopping = False
         self._standby_logged = False
         self._idle_since = time.monotonic()
+        self._pull_error: str | None = None
         self._actions_out: IO[bytes] | None = None
 
     def stop(self) -> None:
@@ -483,6 +493,7 @@ class Worker:
         """
         if self.observability is not None:
             self.observability.heartbeat()
+            self._report_pulls()
         self._collect()
         keeper = self._keeper
         if keeper is not None and keeper.lost is not None:
@@ -510,6 +521,16 @@ class Worker:
         if self._close_due(quiet, caught_up, due):
             self._close(quiet, due)
         return not self._idle_long_enough()
+
+    def _report_pulls(self) -> None:
+        """Tell readiness whether pulls fail, when that changed."""
+        error = self.prefetcher.pull_error
+        if error == self._pull_error:
+            return
+        self._pull_error = error
+        assert self.observability is not None
+        reason = _PULLS_FAILING.format(error=error)
+        self.observability.set_backend("pulls", ok=error is None, reason=reason)
 
     def _wait_seconds(self) -> float:
         """Return how long to wait for messages before looking again."""
@@ -573,7 +594,8 @@ class Worker:
         assert self._committer is not None
         now = time.monotonic()
         pending = (
-            self.prefetcher.held_count > 0
+            self.prefetcher.pull_error is not None
+            or self.prefetcher.held_count > 0
             or self._committer.busy
             or self._ready is not None
             or not self._open.empty
@@ -584,7 +606,14 @@ class Worker:
             self._idle_since = now
             return False
         idle = self.options.exit_when_idle
-        return idle is not None and now - self._idle_since >= idle
+        if idle is None or now - self._idle_since < idle:
+            return False
+        # A pull that Pub/Sub leaves unanswered returns no messages, as an
+        # idle subscription does: only a Pub/Sub that answers is idle.
+        if self.probe is not None and not self.probe.confirm(PUBSUB):
+            self._idle_since = time.monotonic()
+            return False
+        return True
 
     def _take(self, messages: list[ReceivedMessage]) -> None:
         """Decode messages into the reorder buffer, or dead-letter them."""

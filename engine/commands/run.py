@@ -23,6 +23,7 @@ from engine.durations import DurationError, parse_duration
 from engine.errors import ConfigurationError
 from engine.loader import load_rules
 from engine.worker import (
+    PUBSUB,
     Worker,
     WorkerOptions,
     apply_options,
@@ -160,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Imported here: the Google client libraries take a while to import,
     # and other commands do not need them.
+    from engine.health_probe import BackendProbe, handler_checks, pubsub_check
     from engine.observability import Observability
     from engine.rule_watcher import RuleWatcher
     from engine.status_server import StatusServer
@@ -187,6 +189,12 @@ def run(args: argparse.Namespace) -> int:
             server = StatusServer(observability, args.metrics_host, args.metrics_port)
             server.start()
             stack.callback(server.close)
+        describe, close_describe = pubsub_check(source.subscription_path)
+        stack.callback(close_describe)
+        checks = {PUBSUB: describe, **handler_checks(registry, ruleset)}
+        probe = BackendProbe(checks, observability)
+        probe.start()
+        stack.callback(probe.close)
         watcher = None
         if args.watch_rules:
             watcher = RuleWatcher(
@@ -204,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
             observability=observability,
             ordered=settings.ordered,
             watcher=watcher,
+            probe=probe,
         )
         _stop_on_signals(worker, stack)
         return worker.run()

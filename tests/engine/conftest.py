@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -69,3 +71,34 @@ def feed() -> Feed:
         observability.record_batch(engine, 0.25)
 
     return feed_lines
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """Return `host:port` of a server that accepts and never answers.
+
+    That is what a paused (SIGSTOPped) emulator looks like to a client:
+    the kernel completes the connection, and nothing ever comes back.
+    """
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held: list[socket.socket] = []
+    stopped = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stopped.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    stopped.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    server.close()

@@ -34,10 +34,11 @@ from google.cloud import firestore, pubsub_v1
 
 from engine import lease_keeper
 from engine.errors import HandlerError, TransientHandlerError, TransientStateError
+from engine.health_probe import BackendProbe, pubsub_check
 from engine.loader import load_rules
 from engine.observability import Observability
 from engine.replay import replay_stream
-from engine.worker import Worker, WorkerOptions
+from engine.worker import PUBSUB, Worker, WorkerOptions
 from handlers.base import ActionRequest, HandlerContext
 from handlers.cache import InvalidateCacheHandler
 from handlers.notify import NotifyHandler
@@ -978,3 +979,49 @@ def test_readiness_fails_while_commits_fail_and_returns_with_a_commit(
     ]
     assert not thread.is_alive()
     assert unordered_backend.processed() == 1
+
+
+def test_a_paused_pubsub_is_neither_idle_nor_ready(
+    firestore_emulator_host: str,
+    project_id: str,
+    silent_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pulls that get no answer do not end the run as idle; /readyz says why.
+
+    Pub/Sub here accepts connections and never answers, as a paused
+    emulator does, so every pull returns nothing, like a quiet stream.
+    """
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", silent_server)
+    observability = Observability()
+    describe, close = pubsub_check(f"projects/{project_id}/subscriptions/engine")
+    settings = WorkerOptions(
+        project=project_id,
+        subscription="engine",
+        exit_when_idle=1.0,
+        lease_seconds=5,
+        worker_id="paused",
+    )
+    worker = Worker(
+        settings,
+        load_rules(RULES),
+        store=FirestoreStateStore(project_id),
+        source=PubSubSource(project_id, "engine"),
+        observability=observability,
+        probe=BackendProbe({PUBSUB: describe}, observability),
+    )
+    thread = threading.Thread(target=worker.run, name="worker")
+
+    thread.start()
+    # Idle after a second, then five for Pub/Sub's answer that never comes.
+    time.sleep(8)
+    running = thread.is_alive()
+    readiness = observability.readiness()
+    worker.stop()
+    thread.join(60)
+    close()
+
+    assert running
+    assert readiness["ready"] is False
+    assert readiness["reason"].startswith("Pub/Sub does not answer: 504")
+    assert not thread.is_alive()
