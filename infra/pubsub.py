@@ -85,6 +85,8 @@ _PUBSUB_MESSAGE = PubsubMessage.pb()
 _MAX_PUBLISH_MESSAGES = 1000
 _MAX_PUBLISH_BYTES = 9 * 1024 * 1024
 _PUBLISH_LINGER = 0.01
+# Seconds allowed for each request that creates or describes a resource.
+_ADMIN_TIMEOUT = 30.0
 _PUBLISH_QUEUE = 5000
 
 # Status codes that Pub/Sub documents as worth retrying.
@@ -503,11 +505,17 @@ def provision(
         for key in ("topic", "dead_letter_topic", *subscription_settings):
             path = paths[key]
             try:
+                # A bounded wait: unreachable, Pub/Sub is an error within
+                # seconds instead of a silent hang.
                 if key in subscription_settings:
                     request = {"name": path, **subscription_settings[key]}
-                    subscriber.create_subscription(request=request)
+                    subscriber.create_subscription(
+                        request=request, timeout=_ADMIN_TIMEOUT, retry=None
+                    )
                 else:
-                    publisher.create_topic(name=path)
+                    publisher.create_topic(
+                        name=path, timeout=_ADMIN_TIMEOUT, retry=None
+                    )
             except api_exceptions.AlreadyExists:
                 if key in subscription_settings:
                     _check_subscription(subscriber, path, subscription_settings[key])
@@ -547,7 +555,9 @@ def _check_subscription(subscriber: Any, path: str, wanted: dict[str, Any]) -> N
             its ordering, or Pub/Sub refused to describe it.
     """
     try:
-        found = subscriber.get_subscription(subscription=path, timeout=30)
+        found = subscriber.get_subscription(
+            subscription=path, timeout=_ADMIN_TIMEOUT, retry=None
+        )
     except api_exceptions.GoogleAPIError as error:
         raise _source_error(error, "describe", path) from error
     topic = wanted["topic"]

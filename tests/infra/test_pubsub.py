@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,22 @@ def test_provision_finds_an_ordered_subscription_when_ordering_is_asked(
     again = provision(*arguments, ordered=True)
 
     assert again["created"] == []
+
+
+def test_provision_with_pubsub_unreachable_fails_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing listening: an error worth retrying, in seconds, not a hang."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{_free_port()}")
+    started = time.monotonic()
+
+    with pytest.raises(TransientSourceError) as caught:
+        provision("test-offline", "events", "engine", "dead", "dead-kept")
+
+    assert time.monotonic() - started < 35
+    assert str(caught.value).startswith(
+        "Pub/Sub could not create projects/test-offline/topics/events for now ("
+    )
 
 
 # Pulling and settling
