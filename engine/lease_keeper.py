@@ -33,7 +33,7 @@ from typing import TypeVar
 
 import structlog
 
-from engine.errors import TransientStateError
+from engine.errors import StateError, TransientStateError
 from infra.firestore_state import FirestoreStateStore, Lease, LeaseLostError
 
 __all__ = ["MAX_STALL", "LeaseKeeper"]
@@ -156,6 +156,10 @@ class LeaseKeeper:
             except LeaseLostError:
                 self._on_lost()
                 return
+            except StateError as error:
+                # Refused, not lost (a permission, say): the next commit
+                # meets the same refusal and ends the run with it.
+                log.error("lease renewal refused", error=str(error))
 
     def _renew(self, lease: Lease) -> tuple[Lease, None]:
         return self._store.renew_lease(lease, self._seconds), None

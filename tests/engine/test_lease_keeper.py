@@ -9,9 +9,16 @@ from typing import Any
 
 import pytest
 from google.cloud import firestore
+from structlog.testing import capture_logs
 
+from engine.errors import StateError
 from engine.lease_keeper import LeaseKeeper
-from infra.firestore_state import FirestoreStateStore, LeaseLostError, StateCommit
+from infra.firestore_state import (
+    FirestoreStateStore,
+    Lease,
+    LeaseLostError,
+    StateCommit,
+)
 
 pytestmark = pytest.mark.emulator
 
@@ -104,3 +111,35 @@ def test_a_stalled_worker_loses_the_lease_to_a_standby(client: Any) -> None:
     assert held is None
     with pytest.raises(LeaseLostError):
         _commit(store, keeper)
+
+
+class RefusingStore(FirestoreStateStore):
+    """A namespace whose first `refusals` renewals are refused."""
+
+    def __init__(self, client: Any, refusals: int) -> None:
+        super().__init__(client.project, "test", client=client)
+        self.refusals = refusals
+
+    def renew_lease(self, lease: Lease, seconds: float) -> Lease:
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise StateError("Firestore refused a write: permission denied.")
+        return super().renew_lease(lease, seconds)
+
+
+def test_a_refused_renewal_is_logged_and_the_keeper_goes_on(client: Any) -> None:
+    """A refusal is not a loss: the keeper renews again at its next turn."""
+    store = RefusingStore(client, refusals=1)
+    lease = store.acquire_lease("leader", LEASE_SECONDS)
+    assert lease is not None
+    keeper = LeaseKeeper(store, lease, LEASE_SECONDS)
+
+    with capture_logs() as logs:
+        keeper.start()
+        time.sleep(2 * LEASE_SECONDS)
+        held = keeper.stop()
+
+    assert store.refusals == 0
+    assert keeper.lost is None
+    assert held is not None and held.expires_at > lease.expires_at
+    assert [log["event"] for log in logs] == ["lease renewal refused"]
