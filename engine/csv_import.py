@@ -102,12 +102,20 @@ def format_millis(ms: int) -> str:
     """Format epoch milliseconds as RFC 3339 UTC, e.g. `2015-02-26T21:42:53.000Z`."""
     try:
         moment = _NAIVE_EPOCH + timedelta(milliseconds=ms)
-    except OverflowError as error:
+    except OverflowError:
+        moment = None
+    # Past 8999 the calendar still has room, but events may not take it.
+    if moment is None or moment.year > _LAST_YEAR:
         raise ConfigurationError(
             f"An event would fall {ms} ms from 1970, outside the years 0001 to "
-            "9999; move the series (--shift-to) or clip it (--end)."
-        ) from error
+            f"{_LAST_YEAR} that event times may take; move the series "
+            "(--shift-to) or clip it (--end)."
+        )
     return moment.isoformat(timespec="milliseconds") + "Z"
+
+
+# The last year of event times (`engine.events`).
+_LAST_YEAR = 8999
 
 
 # Counts above this in one row are refused rather than expanded: one row of

@@ -490,7 +490,11 @@ def test_import_csv_command_writes_the_stream(
         (["--field", "cpuUsage", "--offset", "inf"], "--offset value inf is not a fin"),
         (
             ["--counts", "--shift-to", "9999-12-31 23:59:59"],
-            "outside the years 0001 to 9999; move the series",
+            "outside the years 0001 to 8999 that event times may take; move",
+        ),
+        (
+            ["--counts", "--shift-to", "9000-01-01 00:00:00"],
+            "outside the years 0001 to 8999 that event times may take; move",
         ),
         (["--counts", "--type", " "], "The --type value is empty"),
     ],
