@@ -59,7 +59,7 @@ def find_action(path: str | Path, action_id: str) -> ActionRecord:
 def _search(path: str | Path, action_id: str) -> list[dict[str, Any]]:
     """Return the records of the action log whose id starts with `action_id`."""
     matches: list[dict[str, Any]] = []
-    with open_stream(path) as stream:
+    with open_stream(path, "action log") as stream:
         for number, line in iter_numbered_lines(stream):
             # Most lines are other actions: look for the id before parsing.
             if action_id.encode() not in line:

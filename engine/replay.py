@@ -99,8 +99,12 @@ class ReplaySummary:
         return "\n".join(lines)
 
 
-def open_stream(path: str | Path) -> IO[bytes]:
+def open_stream(path: str | Path, kind: str = "event file") -> IO[bytes]:
     """Open a recorded stream, gunzipping `.gz` files.
+
+    Args:
+        path: the file to read.
+        kind: what the file holds, as its errors name it ("action log").
 
     Raises:
         ConfigurationError: the file does not exist or cannot be read.
@@ -108,15 +112,15 @@ def open_stream(path: str | Path) -> IO[bytes]:
     source = Path(path)
     if source.is_dir():
         raise ConfigurationError(
-            f"The event file {str(source)!r} is a directory, not a file."
+            f"The {kind} {str(source)!r} is a directory, not a file."
         )
     if not source.exists():
-        raise ConfigurationError(f"The event file {str(source)!r} does not exist.")
+        raise ConfigurationError(f"The {kind} {str(source)!r} does not exist.")
     try:
         raw = source.open("rb")
     except OSError as error:
         raise ConfigurationError(
-            f"The event file {str(source)!r} cannot be read: {error}."
+            f"The {kind} {str(source)!r} cannot be read: {error}."
         ) from error
     if source.suffix == ".gz":
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]

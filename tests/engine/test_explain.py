@@ -274,3 +274,23 @@ def test_an_action_missing_from_firestore_is_refused(
 
     assert status == 2
     assert f"project {project_id!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("missing.jsonl", "does not exist."),
+        ("folder", "is a directory, not a file."),
+    ],
+)
+def test_an_action_log_that_cannot_be_opened_is_named_as_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, problem: str
+) -> None:
+    """`--actions` names an action log, not an event file, when it is unusable."""
+    (tmp_path / "folder").mkdir()
+    log = tmp_path / name
+
+    status = main(["explain", "ffffffffffff", "--actions", str(log)])
+
+    assert status == 2
+    assert capsys.readouterr().err == f"error: The action log '{log}' {problem}\n"
