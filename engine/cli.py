@@ -18,8 +18,9 @@ from google.auth.exceptions import DefaultCredentialsError
 from engine.errors import EngineError
 from engine.logging import configure_logging
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Modules that each register one or more sub-commands, in help order.
 _COMMAND_MODULES = (
     "engine.commands.replay",
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         default=None,
+        # Upper case is accepted too, as the logging module names levels so.
+        type=str.lower,
+        choices=_LOG_LEVELS,
         help="minimum log level (default: info; warning for replay-like commands)",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)

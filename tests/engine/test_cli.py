@@ -18,7 +18,7 @@ import google.auth
 import pytest
 from google.auth.exceptions import DefaultCredentialsError
 
-from engine.cli import main
+from engine.cli import build_parser, main
 
 ROOT = Path(__file__).parents[2]
 STREAMS = ROOT / "tests" / "fixtures" / "streams"
@@ -290,3 +290,28 @@ def test_an_unusable_credentials_file_is_named_with_the_reason(
         f"({str(key_file)!r}) could not be used: File {key_file} is not a valid "
         "json file.\n"
     )
+
+
+@pytest.mark.parametrize("level", ["nope", "warn", ""])
+def test_an_unknown_log_level_is_refused_with_the_known_ones(
+    level: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A level outside the five names is a usage error, not a silent info."""
+    with pytest.raises(SystemExit) as raised:
+        build_parser().parse_args(["--log-level", level, "validate", "rules"])
+
+    assert raised.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"rules-engine: error: argument --log-level: invalid choice: {level!r} "
+        "(choose from 'debug', 'info', 'warning', 'error', 'critical')"
+    )
+
+
+@pytest.mark.parametrize(
+    ("level", "parsed"), [("debug", "debug"), ("WARNING", "warning")]
+)
+def test_a_log_level_is_read_in_either_case(level: str, parsed: str) -> None:
+    """Upper case names the same level, as the logging module writes it."""
+    args = build_parser().parse_args(["--log-level", level, "validate", "rules"])
+
+    assert args.log_level == parsed
