@@ -1,4 +1,4 @@
-"""Argument types for the numeric options of the commands.
+"""Argument types for the numeric and file options of the commands.
 
 argparse's `int` and `float` take any number, so `--examples -1` or
 `--rate nan` would reach a command and mean nothing sensible there. These
@@ -13,7 +13,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["positive_number", "whole_number"]
+__all__ = ["file_name", "positive_number", "whole_number"]
 
 
 def whole_number(least: int, most: int | None = None) -> Callable[[str], int]:
@@ -49,3 +49,10 @@ def positive_number(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number above 0.")
     return value
+
+
+def file_name(text: str) -> str:
+    """Take a file name that is not empty (an empty one names no file)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty string names no file.")
+    return text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from engine.commands.arguments import file_name
 from engine.commands.outputs import prepare_output
 from engine.demo_stream import build_demo_stream
 
@@ -20,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "events) on the time line of the Twitter AMZN series."
         ),
     )
-    parser.add_argument("--out", required=True, help="output .jsonl or .jsonl.gz")
+    parser.add_argument(
+        "--out", required=True, type=file_name, help="output .jsonl or .jsonl.gz"
+    )
     parser.add_argument(
         "--data-dir",
         default="data/nab",

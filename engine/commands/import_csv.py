@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from engine.commands.arguments import positive_number, whole_number
+from engine.commands.arguments import file_name, positive_number, whole_number
 from engine.commands.outputs import prepare_output
 from engine.csv_import import (
     MAX_EVENTS,
@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     parser.add_argument("csv", help="input file with the header timestamp,value")
-    parser.add_argument("--out", required=True, help="output .jsonl or .jsonl.gz")
+    parser.add_argument(
+        "--out", required=True, type=file_name, help="output .jsonl or .jsonl.gz"
+    )
     parser.add_argument(
         "--type", required=True, help="event type, e.g. metrics.sampled"
     )

@@ -7,7 +7,7 @@ import signal
 from contextlib import ExitStack
 from types import FrameType
 
-from engine.commands.arguments import positive_number, whole_number
+from engine.commands.arguments import file_name, positive_number, whole_number
 from engine.commands.outputs import prepare_output
 from infra.pubsub import PubSubSource
 from infra.stream_recorder import open_output, record_subscription
@@ -32,10 +32,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--subscription", required=True, help="subscription id or full path"
     )
     parser.add_argument(
-        "--out", required=True, help="stream file to append to (.jsonl or .jsonl.gz)"
+        "--out",
+        required=True,
+        type=file_name,
+        help="stream file to append to (.jsonl or .jsonl.gz)",
     )
     parser.add_argument(
         "--rejects-out",
+        type=file_name,
         help="file for rejected messages and their reasons (default: log them)",
     )
     parser.add_argument(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import structlog
 
+from engine.commands.arguments import file_name
 from engine.commands.outputs import prepare_output
 from engine.errors import ConfigurationError
 from engine.loader import load_rules
@@ -28,10 +29,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("events", help="recorded stream, one CloudEvent per line")
     parser.add_argument("--rules", required=True, help="directory of rule files")
     parser.add_argument(
-        "--actions-out", required=True, help="file for the actions, one JSON line each"
+        "--actions-out",
+        required=True,
+        type=file_name,
+        help="file for the actions, one JSON line each",
     )
     parser.add_argument(
-        "--dead-letter-out", help="file for rejected lines and their reasons"
+        "--dead-letter-out",
+        type=file_name,
+        help="file for rejected lines and their reasons",
     )
     parser.add_argument(
         "--no-progress", action="store_true", help="hide the progress bar"

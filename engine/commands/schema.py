@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from engine.commands.arguments import file_name
 from engine.commands.outputs import prepare_output
 from engine.rule_schema import render_schema
 
@@ -24,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--out",
         action="append",
+        type=file_name,
         default=[],
         help="write the schema to this file instead (may repeat)",
     )
