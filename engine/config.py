@@ -31,7 +31,7 @@ import argparse
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -229,13 +229,17 @@ class _Origins:
 
 
 def load_config(
-    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    handler_names: Collection[str] | None = None,
 ) -> EngineConfig:
     """Read the configuration file, then apply environment overrides.
 
     Args:
         path: the YAML file; None uses `RULES_ENGINE_CONFIG`, or no file.
         environ: the environment to read overrides from; `os.environ` if None.
+        handler_names: the handlers a section may name; if None, the
+            built-ins and the installed plug-ins.
 
     Raises:
         ConfigurationError: the file cannot be read, is not valid YAML, or a
@@ -253,15 +257,18 @@ def load_config(
     origins = _Origins(name, marks)
     _apply_overrides(raw, environ, origins)
 
+    # Read from the raw settings, so that a misspelt handler is reported
+    # with the other problems even when some setting is invalid.
+    unknown = _check_handler_names(raw, handler_names)
     try:
         config = EngineConfig.model_validate(raw)
     except ValidationError as error:
         problems = [
             (tuple(item["loc"]), _describe(dict(item))) for item in error.errors()
         ]
-        raise _invalid(name, problems, origins) from None
+        raise _invalid(name, problems + unknown, origins) from None
 
-    problems = _check_cross_fields(config)
+    problems = _check_cross_fields(config) + unknown
     if problems:
         raise _invalid(name, problems, origins)
     if name is not None:
@@ -364,13 +371,47 @@ def _check_cross_fields(config: EngineConfig) -> list[tuple[ConfigPath, str]]:
     return problems
 
 
+def _check_handler_names(
+    raw: dict[str, Any], handler_names: Collection[str] | None
+) -> list[tuple[ConfigPath, str]]:
+    """Refuse sections that name no registered handler, such as a typo.
+
+    Built-in sections are fields of `HandlersConfig`; any other name must
+    be a plug-in's, or its settings would be ignored without a word.
+    """
+    written = raw.get("handlers")
+    if not isinstance(written, dict):
+        return []
+    sections = [str(key) for key in written if key not in HandlersConfig.model_fields]
+    if not sections:
+        return []
+    if handler_names is None:
+        from handlers.registry import discover_handler_classes
+
+        handler_names = discover_handler_classes()
+    known = sorted(handler_names)
+    return [
+        (
+            ("handlers", name),
+            f"handlers.{name} is not a registered handler; {_hint(name, known)}",
+        )
+        for name in sections
+        if name not in handler_names
+    ]
+
+
+def _hint(name: str, known: list[str]) -> str:
+    """Suggest the known name closest to a misspelt one, or list them all."""
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}."
+
+
 def _describe(error: dict[str, Any]) -> str:
     loc = ".".join(str(step) for step in error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden":
         known = _known_fields(error["loc"][:-1])
-        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}."
+        hint = _hint(str(error["loc"][-1]), known)
         return f"{loc} is not a setting; {hint}"
     if kind == "missing":
         return f"{loc} is required."
@@ -471,13 +512,12 @@ def build_registry(
 
     for name, section in handlers.plugin_options().items():
         if name not in registry_classes:
-            known = sorted(registry_classes)
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else "."
+            # `load_config` refuses these already; classes given here may
+            # differ from the ones it checked against.
             raise ConfigurationError(
                 f"The configuration {config.source!r} has a section "
                 f"handlers.{name}, but no handler is registered under that "
-                f"name; registered: {', '.join(known)}{hint}"
+                f"name; {_hint(name, sorted(registry_classes))}"
             )
         options[name] = dict(section)
 

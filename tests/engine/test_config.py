@@ -45,7 +45,9 @@ def test_valid_configuration_gives_its_settings(
     """Each valid case loads with exactly the expected settings."""
     path = write_config(tmp_path, case)
 
-    config = load_config(path, environ=case.get("env", {}))
+    config = load_config(
+        path, environ=case.get("env", {}), handler_names=case.get("handlers")
+    )
 
     actual = {dotted: setting(config, dotted) for dotted in case["expect"]}
     assert actual == case["expect"]
@@ -136,7 +138,8 @@ def test_plugin_section_becomes_constructor_options(tmp_path: Path) -> None:
         "open_ticket": TicketHandler,
     }
 
-    registry = build_registry(load_config(path, environ={}), classes)
+    config = load_config(path, environ={}, handler_names=classes)
+    registry = build_registry(config, classes)
     handler = registry.get("open_ticket")
 
     assert isinstance(handler, TicketHandler)
@@ -144,16 +147,45 @@ def test_plugin_section_becomes_constructor_options(tmp_path: Path) -> None:
 
 
 def test_section_of_an_unknown_handler_is_refused(tmp_path: Path) -> None:
-    """A section that names no handler, such as a typo, fails the build."""
+    """A section whose handler is gone by the time of the build fails it."""
     path = tmp_path / "engine.yaml"
     path.write_text("handlers:\n  notfy: {retries: 2}\n")
-    config = load_config(path, environ={})
+    names = [*builtin_handler_classes(), "notfy"]
+    config = load_config(path, environ={}, handler_names=names)
 
     with pytest.raises(ConfigurationError) as caught:
         build_registry(config, builtin_handler_classes())
 
     assert str(caught.value) == (
         f"The configuration {str(path)!r} has a section handlers.notfy, but no "
-        "handler is registered under that name; registered: change_tier, "
-        "invalidate_cache, notify, scale; did you mean 'notify'?"
+        "handler is registered under that name; did you mean 'notify'?"
     )
+
+
+@pytest.mark.parametrize(
+    ("names", "accepted"),
+    [
+        (["open_ticket"], True),
+        (["notify", "open_ticket"], True),
+        (["notify", "scale"], False),
+    ],
+)
+def test_a_plugin_section_loads_only_when_its_handler_is_registered(
+    tmp_path: Path, names: list[str], accepted: bool
+) -> None:
+    """A plug-in's section is refused unless a handler is registered under it."""
+    path = tmp_path / "engine.yaml"
+    path.write_text("handlers:\n  open_ticket: {queue: ops}\n")
+
+    if accepted is False:
+        with pytest.raises(ConfigurationError) as caught:
+            load_config(path, environ={}, handler_names=names)
+        assert str(caught.value) == (
+            f"The configuration file '{path}' is invalid: 1 problem.\n"
+            f"  {path}:2:16: handlers.open_ticket is not a registered handler; "
+            f"known: {', '.join(names)}."
+        )
+        return
+    config = load_config(path, environ={}, handler_names=names)
+
+    assert config.handlers.plugin_options() == {"open_ticket": {"queue": "ops"}}
