@@ -52,10 +52,9 @@ _FIELD_NAMES = {
 # What a parameter that is one placeholder alone renders as, for the roots
 # whose type is known: such a parameter keeps the value's type, so
 # `message: "{{ value }}"` is a number that a text parameter refuses at
-# every firing. Only a wrong type is reported for such a parameter, as
-# the sample's own value says nothing of bounds or allowed names. Paths
-# into events (`data`, `event`, `first`) and aggregate keys can hold
-# anything and are not checked.
+# every firing. A sample stands for its type only, unless `_Roots` knows
+# every value the root takes. Paths into events (`data`, `event`, `first`)
+# and aggregate keys can hold anything and are not checked.
 _SAMPLES: dict[str, Any] = {
     "value": 1,
     "band": "band",
@@ -88,6 +87,43 @@ class RuleSet:
     def by_name(self, name: str) -> LoadedRule | None:
         """Return the rule with this name, if any."""
         return next((r for r in self.rules if r.spec.name == name), None)
+
+
+@dataclass(frozen=True)
+class _Roots:
+    """The template roots one kind of rule provides when it fires.
+
+    `kind` names the rule's kind in messages, empty when it is unknown
+    (a rule too broken to tell). `exact` holds, by root, every value the
+    root can take in this rule: its own name, the names of its bands.
+    """
+
+    names: tuple[str, ...]
+    kind: str = ""
+    exact: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _roots_of(spec: RuleSpec) -> _Roots:
+    """Return the template roots that the rule's firings provide.
+
+    An event rule fires with its event; an aggregate with its value, and a
+    key when it has `by`; a band rule also with its band and the previous
+    one; a correlation with its `then` event, key and `first` event.
+    Every rule has its name and the current tier.
+    """
+    exact: dict[str, tuple[str, ...]] = {"rule": (spec.name,)}
+    if spec.correlate is not None:
+        paired = ("event", "data", "key", "first", "rule", "tier")
+        return _Roots(paired, "a correlation rule", exact)
+    if spec.aggregate is None:
+        return _Roots(("event", "data", "rule", "tier"), "an event rule", exact)
+
+    names = ("value", "key") if spec.aggregate.by else ("value",)
+    if spec.classify is None:
+        return _Roots((*names, "rule", "tier"), "a threshold rule", exact)
+    bands = tuple(band.name for band in spec.classify.bands)
+    exact |= {"band": bands, "previous": bands}
+    return _Roots((*names, "band", "previous", "rule", "tier"), "a band rule", exact)
 
 
 @dataclass(frozen=True)
@@ -322,6 +358,7 @@ def _check_actions(
     rule: str | None,
     actions: list[tuple[int, ActionSpec]],
     registry: HandlerRegistry,
+    roots: _Roots,
 ) -> list[RuleProblem]:
     problems: list[RuleProblem] = []
     for position, spec in actions:
@@ -348,82 +385,138 @@ def _check_actions(
             )
             continue
 
-        # Templated parameters are checked with a sample of what they
+        # Templated parameters are checked with samples of what they
         # render as when that is known, and left out otherwise.
         templated: set[str] = set()
-        samples: dict[str, Any] = {}
+        samples: dict[str, tuple[Any, ...]] = {}
         for key, value in spec.params.items():
             placeholders = find_placeholders(value)
-            sample = _sample(value, placeholders)
-            if sample is not None:
+            sample = _sample(value, placeholders, roots)
+            if sample:
                 samples[key] = sample
             elif placeholders:
                 templated.add(key)
             for placeholder in placeholders:
-                root = placeholder.split(".")[0]
-                if root not in ROOTS:
+                problem = _check_root(placeholder, key, roots)
+                if problem is not None:
                     pline, pcol = result.marks.locate((*where, "params", key))
                     problems.append(
-                        RuleProblem(
-                            result.path,
-                            pline,
-                            pcol,
-                            rule,
-                            f"The template {{{{ {placeholder} }}}} in "
-                            f"params.{key} names an unknown value.",
-                            f"start it with one of {', '.join(ROOTS)}",
-                        )
+                        RuleProblem(result.path, pline, pcol, rule, *problem)
                     )
-        try:
-            handler.Params.model_validate(spec.params | samples)
-        except ValidationError as error:
-            for item in error.errors():
-                loc = tuple(item["loc"])
-                if loc and loc[0] in templated:
-                    continue
-                sampled = bool(loc) and loc[0] in samples
-                if sampled and not item["type"].endswith("_type"):
-                    continue
-                place = (*where, "params", *loc)
-                if item["type"] == "extra_forbidden":
-                    pline, pcol = result.marks.locate_key(place)
-                else:
-                    pline, pcol = result.marks.locate(place)
-                detail = ".".join(str(p) for p in loc) or "params"
-                message = str(item["msg"]).removeprefix("Value error, ")
-                hint = _param_hint(handler.Params, dict(item))
-                if sampled:
-                    written = spec.params[str(loc[0])]
-                    sample = samples[str(loc[0])]
-                    kind = "text" if isinstance(sample, str) else "a number"
-                    message = f"the template {written!r} renders as {kind}: {message}"
-                    if kind == "a number":
-                        hint = (
-                            "a placeholder alone keeps the value's type; put "
-                            f"text around it, such as 'Value: {written}'"
-                        )
-                problems.append(
-                    RuleProblem(
-                        result.path,
-                        pline,
-                        pcol,
-                        rule,
-                        f"Bad parameter {detail} for {spec.action!r}: {message}.",
-                        hint,
-                    )
-                )
+
+        # Each sample of a parameter is tried; its first failure is told.
+        told: set[tuple[Any, ...]] = set()
+        for turn in range(max(map(len, samples.values()), default=1)):
+            tried = {
+                key: found[min(turn, len(found) - 1)] for key, found in samples.items()
+            }
+            problems += _check_params(
+                result, where, rule, spec, handler.Params, tried, templated, roots, told
+            )
     return problems
 
 
-def _sample(value: Any, placeholders: list[str]) -> Any:
-    """Return what a parameter that is one known placeholder renders as."""
+def _check_root(placeholder: str, key: str, roots: _Roots) -> tuple[str, str] | None:
+    """Return the message and hint for a placeholder the rule cannot fill."""
+    root = placeholder.split(".")[0]
+    written = f"{{{{ {placeholder} }}}}"
+    if root not in ROOTS:
+        return (
+            f"The template {written} in params.{key} names an unknown value.",
+            f"start it with one of {', '.join(ROOTS)}",
+        )
+    if root not in roots.names:
+        return (
+            f"The template {written} in params.{key} names {root!r}, which "
+            f"{roots.kind} does not have, so the action would fail at every firing.",
+            f"{roots.kind} has {', '.join(roots.names)}",
+        )
+    return None
+
+
+def _check_params(
+    result: _FileResult,
+    where: tuple[str | int, ...],
+    rule: str | None,
+    spec: ActionSpec,
+    params: type[BaseModel],
+    samples: dict[str, Any],
+    templated: set[str],
+    roots: _Roots,
+    told: set[tuple[Any, ...]],
+) -> list[RuleProblem]:
+    """Validate an action's parameters, templated ones by their samples.
+
+    Problems at a place already in `told` are left out, and the others are
+    added to it.
+    """
+    problems: list[RuleProblem] = []
+    try:
+        params.model_validate(spec.params | samples)
+    except ValidationError as error:
+        for item in error.errors():
+            loc = tuple(item["loc"])
+            if (loc and loc[0] in templated) or loc in told:
+                continue
+            sampled = bool(loc) and loc[0] in samples
+            written = spec.params[str(loc[0])] if sampled else None
+            exact = sampled and _root_of(written) in roots.exact
+            # A sample that only stands for a type says nothing of bounds
+            # or allowed names; text that no number parses from is a type.
+            type_error = item["type"].endswith(("_type", "_parsing"))
+            if sampled and not exact and not type_error:
+                continue
+            told.add(loc)
+            place = (*where, "params", *loc)
+            if item["type"] == "extra_forbidden":
+                pline, pcol = result.marks.locate_key(place)
+            else:
+                pline, pcol = result.marks.locate(place)
+            detail = ".".join(str(p) for p in loc) or "params"
+            message = str(item["msg"]).removeprefix("Value error, ")
+            hint = _param_hint(params, dict(item))
+            if sampled:
+                sample = samples[str(loc[0])]
+                kind = "text" if isinstance(sample, str) else "a number"
+                shown = f"{kind} {sample!r}" if exact else kind
+                message = f"the template {written!r} renders as {shown}: {message}"
+                if kind == "a number":
+                    hint = (
+                        "a placeholder alone keeps the value's type; put "
+                        f"text around it, such as 'Value: {written}'"
+                    )
+            problems.append(
+                RuleProblem(
+                    result.path,
+                    pline,
+                    pcol,
+                    rule,
+                    f"Bad parameter {detail} for {spec.action!r}: {message}.",
+                    hint,
+                )
+            )
+    return problems
+
+
+def _root_of(value: Any) -> str:
+    """Return the root of a parameter that is one placeholder alone."""
+    return find_placeholders(value)[0].split(".")[0]
+
+
+def _sample(value: Any, placeholders: list[str], roots: _Roots) -> tuple[Any, ...]:
+    """Return what a parameter that is one known placeholder may render as."""
     if (
         len(placeholders) != 1
         or not isinstance(value, str)
         or not (value.startswith("{{") and value.endswith("}}"))
+        or placeholders[0] not in roots.names
     ):
-        return None
-    return _SAMPLES.get(placeholders[0])
+        return ()
+    exact = roots.exact.get(placeholders[0])
+    if exact is not None:
+        return exact
+    sample = _SAMPLES.get(placeholders[0])
+    return () if sample is None else (sample,)
 
 
 def _param_hint(params: type[BaseModel], error: dict[str, Any]) -> str | None:
@@ -565,7 +658,12 @@ def check_rules(
                 problems += _check_rule(result, index, salvage.spec, registry)
             else:
                 problems += _check_actions(
-                    result, index, salvage.name, salvage.actions, registry
+                    result,
+                    index,
+                    salvage.name,
+                    salvage.actions,
+                    registry,
+                    _Roots(ROOTS),
                 )
             tier_changes.append((result, index, salvage.name, salvage.actions))
 
@@ -633,9 +731,9 @@ def _check_rule(
         problems.append(RuleProblem(result.path, line, column, spec.name, message))
     problems += _check_event_types(result, index, spec)
     problems += _check_reachable(result, index, spec)
-    problems += _check_actions(
-        result, index, spec.name, list(enumerate(spec.actions)), registry
-    )
+    actions = list(enumerate(spec.actions))
+    roots = _roots_of(spec)
+    problems += _check_actions(result, index, spec.name, actions, registry, roots)
     return problems
 
 
