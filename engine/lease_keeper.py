@@ -86,17 +86,6 @@ class LeaseKeeper:
         )
 
     @property
-    def lease(self) -> Lease:
-        """Return the lease as the last fenced write left it."""
-        with self._lock:
-            return self._lease
-
-    @property
-    def epoch(self) -> int:
-        """Return the epoch of the lease held."""
-        return self._lease.epoch
-
-    @property
     def lost(self) -> LeaseLostError | None:
         """Return why the lease was lost, or None while it is held."""
         return self._lost
