@@ -618,12 +618,17 @@ def test_the_worker_rides_out_a_firestore_restart(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Firestore goes away mid-stream; the worker retries and loses nothing."""
+    """Firestore goes away mid-stream; the worker retries and loses nothing.
+
+    The idle wait outlasts the subscription's 10 s ack deadline: a freeze
+    that lands during a pull leaves its messages with Pub/Sub until then,
+    and the ordered key holds back the rest meanwhile.
+    """
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", dedicated_firestore.host)
     backend = Backend(project_id, ordered=True)
     backend.publish(reference.lines)
     log_path = tmp_path / "worker.log"
-    worker = _start_worker(backend, tmp_path / "actions.jsonl", log_path)
+    worker = _start_worker(backend, tmp_path / "actions.jsonl", log_path, idle="15")
     _wait_until(lambda: backend.processed() >= len(reference.lines) // 3)
 
     # Freeze the worker so that nothing is written between the export and
