@@ -421,8 +421,12 @@ class _Sender:
         request = PublishRequest.wrap(
             _PUBLISH_REQUEST(topic=self._path, messages=batch)
         )
+        # Each failed try is logged, so that a long wait on an unreachable
+        # Pub/Sub says why while it lasts.
         retry = Retry(
-            predicate=if_exception_type(*_TRANSIENT_ERRORS), timeout=self._timeout
+            predicate=if_exception_type(*_TRANSIENT_ERRORS),
+            timeout=self._timeout,
+            on_error=self._retrying,
         )
         try:
             response = self._api.publish(
@@ -433,6 +437,14 @@ class _Sender:
             self.error, self.failed = error, True
             return
         self.message_ids += PublishResponse.pb(response).message_ids
+
+    def _retrying(self, error: Exception) -> None:
+        log.warning(
+            "publish retrying",
+            topic=self._path,
+            published=len(self.message_ids),
+            error=_describe(error),
+        )
 
 
 def provision(

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 import yaml
 
 from engine.errors import EventRejected
@@ -268,14 +270,20 @@ def test_publish_to_missing_topic_is_a_source_error(
 def test_publish_to_unreachable_pubsub_is_transient(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With nothing listening, publishing fails in a way worth retrying."""
+    """With nothing listening, publishing fails in a way worth retrying.
+
+    Each failed try is logged while the retries last.
+    """
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{_free_port()}")
 
     with (
+        structlog.testing.capture_logs() as logs,
         PubSubPublisher("test-offline") as publisher,
         pytest.raises(TransientSourceError) as caught,
     ):
         publisher.publish("events", [(b"{}", {})], timeout=1.0)
+
+    assert [(e["event"], e["published"]) for e in logs][:1] == [("publish retrying", 0)]
 
     assert str(caught.value).startswith(
         "Pub/Sub stopped accepting messages published to "
