@@ -25,6 +25,7 @@ from engine.rule_model import (
     Settings,
     TierConfig,
     check_conditions,
+    check_raw_conditions,
 )
 from engine.templates import ROOTS, EscapingParams, find_placeholders
 from engine.yaml_source import Marks, YamlSyntaxError, load_with_marks
@@ -137,6 +138,8 @@ class _Salvage:
     name: str | None
     spec: RuleSpec | None
     actions: list[tuple[int, ActionSpec]]
+    # The problems of its conditions as written, when `spec` is None.
+    conditions: list[tuple[tuple[str | int, ...], str]] = field(default_factory=list)
 
 
 @dataclass
@@ -305,7 +308,8 @@ def _salvage(item: dict[Any, Any]) -> _Salvage:
     except ValidationError:
         pass
 
-    # The problems of each action were reported with the rule's own.
+    # The problems of each action were reported with the rule's own; those
+    # of the conditions are found here, as no model checked them.
     actions: list[tuple[int, ActionSpec]] = []
     written = item.get("actions")
     for position, raw in enumerate(written if isinstance(written, list) else []):
@@ -313,7 +317,7 @@ def _salvage(item: dict[Any, Any]) -> _Salvage:
             actions.append((position, ActionSpec.model_validate(raw)))
         except ValidationError:
             continue
-    return _Salvage(name, None, actions)
+    return _Salvage(name, None, actions, check_raw_conditions(item))
 
 
 def _validate(
@@ -657,6 +661,9 @@ def check_rules(
             if salvage.spec is not None:
                 problems += _check_rule(result, index, salvage.spec, registry)
             else:
+                problems += _condition_problems(
+                    result, index, salvage.name, salvage.conditions
+                )
                 problems += _check_actions(
                     result,
                     index,
@@ -723,17 +730,28 @@ def _check_rule(
     result: _FileResult, index: int, spec: RuleSpec, registry: HandlerRegistry
 ) -> list[RuleProblem]:
     """Return the problems of one rule that its model does not catch."""
-    problems: list[RuleProblem] = []
-    for where, message in check_conditions(spec):
-        # A condition's path ends at the key in question: an operator, a
-        # field path, `all` or `any`.
-        line, column = result.marks.locate_key(("rules", index, *where))
-        problems.append(RuleProblem(result.path, line, column, spec.name, message))
+    problems = _condition_problems(result, index, spec.name, check_conditions(spec))
     problems += _check_event_types(result, index, spec)
     problems += _check_reachable(result, index, spec)
     actions = list(enumerate(spec.actions))
     roots = _roots_of(spec)
     problems += _check_actions(result, index, spec.name, actions, registry, roots)
+    return problems
+
+
+def _condition_problems(
+    result: _FileResult,
+    index: int,
+    name: str | None,
+    found: list[tuple[tuple[str | int, ...], str]],
+) -> list[RuleProblem]:
+    """Locate the problems of a rule's conditions in its file."""
+    problems: list[RuleProblem] = []
+    for where, message in found:
+        # A condition's path ends at the key in question: an operator, a
+        # field path, `all` or `any`.
+        line, column = result.marks.locate_key(("rules", index, *where))
+        problems.append(RuleProblem(result.path, line, column, name, message))
     return problems
 
 

@@ -450,19 +450,38 @@ class RuleFile(_Model):
 
 def check_conditions(rule: RuleSpec) -> list[tuple[tuple[str | int, ...], str]]:
     """Return (location, message) for every problem of every condition of a rule."""
+    correlate = rule.correlate
+    return check_raw_conditions(
+        {
+            "when": rule.when,
+            "correlate": None
+            if correlate is None
+            else {
+                "first": {"when": correlate.first.when},
+                "then": {"when": correlate.then.when},
+            },
+        }
+    )
+
+
+def check_raw_conditions(item: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """Return the problems of the conditions of a rule mapping as written.
+
+    For a rule whose other fields are invalid, so that no `RuleSpec` can be
+    built, its conditions are still checked in the same run.
+    """
+    item = item if isinstance(item, dict) else {}
+    sides: list[tuple[tuple[str | int, ...], Any]] = [(("when",), item.get("when"))]
+    correlate = item.get("correlate")
+    if isinstance(correlate, dict):
+        for side in ("first", "then"):
+            part = correlate.get(side)
+            if isinstance(part, dict):
+                sides.append((("correlate", side, "when"), part.get("when")))
     found: list[tuple[tuple[str | int, ...], str]] = []
-    sides: list[tuple[tuple[str | int, ...], dict[str, Any] | None]] = [
-        (("when",), rule.when)
-    ]
-    if rule.correlate is not None:
-        sides += [
-            (("correlate", "first", "when"), rule.correlate.first.when),
-            (("correlate", "then", "when"), rule.correlate.then.when),
-        ]
     for where, raw in sides:
-        if raw is None:
-            continue
-        found += [
-            (error.path, str(error)) for error in find_condition_errors(raw, where)
-        ]
+        if isinstance(raw, dict):
+            found += [
+                (error.path, str(error)) for error in find_condition_errors(raw, where)
+            ]
     return found
