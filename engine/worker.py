@@ -92,13 +92,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PUBSUB",
-    "SubscriptionSettings",
     "Worker",
     "WorkerOptions",
     "apply_options",
     "default_worker_id",
-    "describe_subscription",
-    "require_topic",
 ]
 
 log = structlog.get_logger(__name__)
@@ -857,80 +854,3 @@ def apply_options(ruleset: RuleSet, options: WorkerOptions) -> RuleSet:
         update={"dedup_retention": options.dedup_retention}
     )
     return dataclasses.replace(ruleset, settings=settings)
-
-
-def require_topic(project: str, topic: str, role: str) -> None:
-    """Check that a topic the worker publishes to exists, before it starts.
-
-    A missing topic would otherwise show only when something is published:
-    a rejected message goes back unacknowledged until Pub/Sub gives up on
-    it, an announcing action fails every attempt, while the worker reports
-    itself ready.
-
-    Args:
-        project: the project of a topic given by id.
-        topic: a topic id or a full `projects/.../topics/...` path.
-        role: what the topic is for, as the error names it.
-
-    Raises:
-        SourceError: the topic does not exist, or Pub/Sub refused the request.
-    """
-    from google.api_core import exceptions as api_exceptions
-    from google.cloud.pubsub_v1 import PublisherClient
-
-    path = topic
-    if not topic.startswith("projects/"):
-        path = f"projects/{project}/topics/{topic}"
-    client = PublisherClient()
-    try:
-        client.get_topic(topic=path, timeout=30)
-    except api_exceptions.NotFound as error:
-        raise SourceError(
-            f"The {role} {path} does not exist; create it (provision does) or "
-            "name an existing one."
-        ) from error
-    except api_exceptions.GoogleAPIError as error:
-        raise SourceError(
-            f"Pub/Sub could not describe the {role} {path}: {error}."
-        ) from error
-    finally:
-        client.stop()
-
-
-@dataclass(frozen=True)
-class SubscriptionSettings:
-    """What the worker reads from its subscription before it starts.
-
-    `dead_letter_topic` is the full path of the topic named by the
-    subscription's dead-letter policy, or None without one.
-    """
-
-    ordered: bool
-    dead_letter_topic: str | None
-
-
-def describe_subscription(project: str, subscription: str) -> SubscriptionSettings:
-    """Tell whether a subscription is ordered and where it dead-letters.
-
-    Raises:
-        SourceError: Pub/Sub refused the request.
-    """
-    from google.api_core import exceptions as api_exceptions
-    from google.cloud.pubsub_v1 import SubscriberClient
-
-    path = subscription
-    if not subscription.startswith("projects/"):
-        path = f"projects/{project}/subscriptions/{subscription}"
-    client = SubscriberClient()
-    try:
-        found = client.get_subscription(subscription=path, timeout=30)
-    except api_exceptions.GoogleAPIError as error:
-        raise SourceError(
-            f"Pub/Sub could not describe the subscription {path}: {error}."
-        ) from error
-    finally:
-        client.close()
-    return SubscriptionSettings(
-        ordered=bool(found.enable_message_ordering),
-        dead_letter_topic=found.dead_letter_policy.dead_letter_topic or None,
-    )

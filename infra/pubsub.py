@@ -51,9 +51,12 @@ __all__ = [
     "PubSubSource",
     "ReceivedMessage",
     "SourceError",
+    "SubscriptionSettings",
     "TransientSourceError",
     "decode_message",
+    "describe_subscription",
     "provision",
+    "require_topic",
 ]
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
@@ -72,12 +75,12 @@ _PULL_REQUEST = PullRequest.pb()
 _ACK_REQUEST = AcknowledgeRequest.pb()
 _MODIFY_REQUEST = ModifyAckDeadlineRequest.pb()
 _PUBLISH_REQUEST = PublishRequest.pb()
+_PUBSUB_MESSAGE = PubsubMessage.pb()
 # The options the clients give their own channels to Google Cloud.
 _CHANNEL = (
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
 )
-_PUBSUB_MESSAGE = PubsubMessage.pb()
 
 # A publish request holds at most 1,000 messages and 10 MB; a slow stream's
 # request waits this long for more messages, and the caller may run this
@@ -85,9 +88,9 @@ _PUBSUB_MESSAGE = PubsubMessage.pb()
 _MAX_PUBLISH_MESSAGES = 1000
 _MAX_PUBLISH_BYTES = 9 * 1024 * 1024
 _PUBLISH_LINGER = 0.01
+_PUBLISH_QUEUE = 5000
 # Seconds allowed for each request that creates or describes a resource.
 _ADMIN_TIMEOUT = 30.0
-_PUBLISH_QUEUE = 5000
 
 # Status codes that Pub/Sub documents as worth retrying.
 _TRANSIENT_ERRORS = (
@@ -282,7 +285,7 @@ class PubSubPublisher(Closing):
     messages. Pub/Sub then stores them in the order given. The client
     library's own batching sends several requests at once: measured on the
     emulator, 3,826 of 100,000 events were stored behind a later one, and
-    one request at a time was faster too (38,000 messages/s against
+    one request at a time was faster too (about 130,000 messages/s against
     20,000).
     """
 
@@ -364,7 +367,11 @@ class _Sender:
         self._carried: tuple[bytes, Mapping[str, str]] | None = None
         self.message_ids: list[str] = []
         self.error: api_exceptions.GoogleAPIError | None = None
-        self.failed = False
+
+    @property
+    def failed(self) -> bool:
+        """Tell whether a request failed; later messages are then dropped."""
+        return self.error is not None
 
     def start(self) -> None:
         """Start the sending thread."""
@@ -434,7 +441,7 @@ class _Sender:
             )
         except api_exceptions.GoogleAPIError as error:
             # The caller stops producing; what it still queued is dropped.
-            self.error, self.failed = error, True
+            self.error = error
             return
         self.message_ids += PublishResponse.pb(response).message_ids
 
@@ -592,6 +599,76 @@ def _check_subscription(subscriber: Any, path: str, wanted: dict[str, Any]) -> N
         f"The subscription {path} already exists with message ordering, but "
         "ordering was not asked for; add --ordered to keep it, or delete it and "
         "provision again, or name another subscription."
+    )
+
+
+# Checks before a worker starts
+
+
+def require_topic(project: str, topic: str, role: str) -> None:
+    """Check that a topic the worker publishes to exists, before it starts.
+
+    A missing topic would otherwise show only when something is published:
+    a rejected message goes back unacknowledged until Pub/Sub gives up on
+    it, an announcing action fails every attempt, while the worker reports
+    itself ready.
+
+    Args:
+        project: the project of a topic given by id.
+        topic: a topic id or a full `projects/.../topics/...` path.
+        role: what the topic is for, as the error names it.
+
+    Raises:
+        SourceError: the topic does not exist, or Pub/Sub refused the request.
+    """
+    path = _resource_path(project, "topics", topic)
+    client = pubsub_v1.PublisherClient()
+    try:
+        client.get_topic(topic=path, timeout=_ADMIN_TIMEOUT)
+    except api_exceptions.NotFound as error:
+        raise SourceError(
+            f"The {role} {path} does not exist; create it (provision does) or "
+            "name an existing one."
+        ) from error
+    except api_exceptions.GoogleAPIError as error:
+        raise SourceError(
+            f"Pub/Sub could not describe the {role} {path}: {error}."
+        ) from error
+    finally:
+        client.stop()
+
+
+@dataclass(frozen=True)
+class SubscriptionSettings:
+    """What the worker reads from its subscription before it starts.
+
+    `dead_letter_topic` is the full path of the topic named by the
+    subscription's dead-letter policy, or None without one.
+    """
+
+    ordered: bool
+    dead_letter_topic: str | None
+
+
+def describe_subscription(project: str, subscription: str) -> SubscriptionSettings:
+    """Tell whether a subscription is ordered and where it dead-letters.
+
+    Raises:
+        SourceError: Pub/Sub refused the request.
+    """
+    path = _resource_path(project, "subscriptions", subscription)
+    client = pubsub_v1.SubscriberClient()
+    try:
+        found = client.get_subscription(subscription=path, timeout=_ADMIN_TIMEOUT)
+    except api_exceptions.GoogleAPIError as error:
+        raise SourceError(
+            f"Pub/Sub could not describe the subscription {path}: {error}."
+        ) from error
+    finally:
+        client.close()
+    return SubscriptionSettings(
+        ordered=bool(found.enable_message_ordering),
+        dead_letter_topic=found.dead_letter_policy.dead_letter_topic or None,
     )
 
 

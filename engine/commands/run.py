@@ -28,8 +28,6 @@ from engine.worker import (
     WorkerOptions,
     apply_options,
     default_worker_id,
-    describe_subscription,
-    require_topic,
 )
 
 __all__ = ["register"]
@@ -166,7 +164,12 @@ def run(args: argparse.Namespace) -> int:
     from engine.rule_watcher import RuleWatcher
     from engine.status_server import StatusServer
     from infra.firestore_state import FirestoreStateStore
-    from infra.pubsub import PubSubPublisher, PubSubSource
+    from infra.pubsub import (
+        PubSubPublisher,
+        PubSubSource,
+        describe_subscription,
+        require_topic,
+    )
 
     with ExitStack() as stack:
         registry = build_registry(config)
@@ -224,6 +227,8 @@ def _require_handler_topics(config: EngineConfig) -> None:
     The configuration's `project`, not --project, names the project of a
     topic given by id; a mismatch made every announcing action fail.
     """
+    from infra.pubsub import require_topic
+
     for name in ("scale", "change_tier"):
         topic = getattr(config.handlers, name).publish_topic
         if topic is not None:
