@@ -37,9 +37,9 @@ __all__ = [
 # publish with retries then gave up only minutes later, on a timeout.
 MAX_MESSAGE_BYTES = 10_000_000
 
-# Messages per publish call: the call keeps one future per message until
-# Pub/Sub confirms them all, so a chunk bounds the memory a long stream
-# takes; waiting for each chunk's confirmations costs about 1% throughput.
+# Messages per publish call: the call keeps the id of every message it
+# published until it returns, so a chunk bounds the memory a long stream
+# takes.
 _CHUNK = 10_000
 
 log = structlog.get_logger(__name__)
