@@ -40,6 +40,7 @@ def unused_port() -> int:
     return port
 
 
+@pytest.mark.usefixtures("all_log_levels")
 def test_readiness_follows_a_backend_down_and_back() -> None:
     """/readyz fails with the check's reason, and logs each change once."""
     observability = Observability()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
 from pydantic import BaseModel
@@ -34,6 +34,10 @@ class _Raising(Handler):
         if self.error is not None:
             raise self.error
         return {"count": params.count}
+
+
+# These handlers read nothing of their context.
+_NO_CONTEXT = cast(HandlerContext, None)
 
 
 def _record(params: dict[str, Any]) -> ActionRecord:
@@ -104,7 +108,7 @@ def test_a_failure_is_retryable_only_if_a_retry_may_pass(
     """Transient and unclassified errors may pass later; the others never."""
     record = _record(params)
 
-    run_handler(record, _Raising(error), context=None)  # type: ignore[arg-type]
+    run_handler(record, _Raising(error), _NO_CONTEXT)
 
     assert (record.outcome, record.error, record.retryable) == (
         outcome,
@@ -119,8 +123,8 @@ def test_only_a_retryable_failure_is_queued() -> None:
     queue = RetryQueue(max_attempts=3)
     transient, permanent = _record({"count": 1}), _record({"count": 1})
     permanent.id = "a2"
-    run_handler(transient, _Raising(TransientHandlerError("later")), None)  # type: ignore[arg-type]
-    run_handler(permanent, _Raising(HandlerError("never")), None)  # type: ignore[arg-type]
+    run_handler(transient, _Raising(TransientHandlerError("later")), _NO_CONTEXT)
+    run_handler(permanent, _Raising(HandlerError("never")), _NO_CONTEXT)
 
     assert queue.add(transient, now=10.0) is True
     assert queue.add(permanent, now=10.0) is False
@@ -131,7 +135,7 @@ def test_one_attempt_in_all_queues_nothing() -> None:
     """With max_attempts 1 even a transient failure is handed back at once."""
     queue = RetryQueue(max_attempts=1)
     record = _record({"count": 1})
-    run_handler(record, _Raising(TransientHandlerError("later")), None)  # type: ignore[arg-type]
+    run_handler(record, _Raising(TransientHandlerError("later")), _NO_CONTEXT)
 
     assert queue.add(record, now=10.0) is False
     assert len(queue) == 0
